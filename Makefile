@@ -1,0 +1,37 @@
+# One command each: `make demo` (set up + run the whole pipeline on built-in synthetic data)
+# and `make test` (set up + run the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# onnxruntime (CPU) by default; GPU users: make EXTRAS=gpu,export,crf,dev (never both cpu and gpu).
+EXTRAS ?= cpu,export,crf,dev
+STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
+
+.PHONY: setup test test-fast demo bench build-ext clean lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/aesipe-train demo
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+# Ahead-of-time build of the fused PAMR library (CPU, plus CUDA when a CUDA torch and nvcc exist).
+build-ext: setup
+	$(BIN)/python -m aesipe.ops build
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

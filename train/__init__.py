@@ -1,0 +1,1 @@
+"""aesipe.train: the training subsystem (stages 1-3, pipeline) behind ``aesipe-train``."""

@@ -1,0 +1,8 @@
+"""Stage commands (being built)."""
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
