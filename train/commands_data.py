@@ -1,8 +1,136 @@
-"""Stage commands (being built)."""
+"""Data and evaluation commands of ``aesipe-train``: ``synth``, ``eval-cam``, ``crf`` (thin wrappers)."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from aesipe.utils.errors import UserError, user_errors
+
+from .cli_options import Overrides, Recipe, RunDir
+
+PROG = "aesipe-train"
+
+Split = Annotated[Optional[str], typer.Option("--split", help="Split to use (default: data.cam_split; ir: data.train_split).")]
+MapKeyOption = Annotated[
+    str,
+    typer.Option(
+        "--map-key",
+        help="'maps': the selected map (cam.map); 'iscam' / 'aeiscam': those maps of the same run; "
+        "'cam': the plain CAM, background = 1 - max.",
+    ),
+]
+Protocol = Annotated[
+    Optional[str],
+    typer.Option("--protocol", help="CRF protocol: 'label' (AE-SIPE +CRF) or 'ir' (SIPE +CRF / IR labels). Default: crf.protocol."),
+]
+
+
+def _parse_scales(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--sweep takes comma-separated numbers like 0.5,0.6,0.7, not {text!r}") from None
+
+
+def _choice(value: str | None, choices: tuple[str, ...], option: str) -> str | None:
+    if value is not None and value not in choices:
+        raise UserError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _existing_run(run_dir: Path) -> Path:
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    return run_dir
+
+
+@user_errors(PROG)
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (VOC-style layout).")],
+    images: Annotated[int, typer.Option("--images", help="Number of images in all (train + val).")] = 400,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of the images in the val split.")] = 0.2,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels (square images).")] = 128,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
+    classes: Annotated[int, typer.Option("--classes", help="Number of object classes (1-8).")] = 5,
+    image_format: Annotated[str, typer.Option("--format", help="jpg or png.")] = "jpg",
+) -> None:
+    """Write a synthetic dataset (textured scenes, exact masks, CSV tags): the whole pipeline runs on it on a CPU."""
+    from aesipe.data.synth import generate
+
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction must lie in [0, 1), not {val_fraction}")
+    num_val = round(images * val_fraction)
+    path = generate(out_dir, images - num_val, num_val, size, seed, classes, image_format)
+    typer.echo(f"wrote {images - num_val} train + {num_val} val images to {path}")
+
+
+@user_errors(PROG)
+def eval_cam(
+    run_dir: RunDir,
+    overrides: Overrides = None,
+    recipe: Recipe = None,
+    split: Split = None,
+    map_key: MapKeyOption = "maps",
+    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Background scales to try, e.g. 0.5,0.6,0.7,0.8,0.9,1.0.")] = None,
+    crf: Annotated[bool, typer.Option("--crf", help="Also judge the CRF-refined labels (see --protocol).")] = False,
+    protocol: Protocol = None,
+) -> None:
+    """Judge the run's CAM files (mIoU, per-class IoU/precision/recall) and write RUN_DIR/cam_eval.json."""
+    from .runconfig import resolve_run_config
+    from .stages.evaluate import MAP_KEYS, describe, evaluate_cams, save_cam_eval
+
+    cfg = resolve_run_config(_existing_run(run_dir), recipe, overrides or [])
+    _choice(map_key, MAP_KEYS, "--map-key")
+    protocol = _choice(protocol, ("label", "ir"), "--protocol") or cfg.crf.protocol
+    scales = [cfg.cam.background_scale, *(_parse_scales(sweep) or cfg.cam.sweep)]
+    plain = evaluate_cams(cfg, split, map_key, scales)
+    typer.echo(describe(plain))
+    with_crf = None
+    if crf:
+        crf_scales = scales if protocol == "label" else [cfg.ir_label.bg_background_scale, *scales[1:]]
+        with_crf = evaluate_cams(cfg, split, map_key, crf_scales, crf_protocol=protocol)
+        typer.echo("\n" + describe(with_crf))
+    typer.echo(f"wrote {save_cam_eval(cfg, plain, with_crf)}")
+
+
+@user_errors(PROG)
+def crf(
+    run_dir: RunDir,
+    overrides: Overrides = None,
+    recipe: Recipe = None,
+    protocol: Protocol = None,
+    split: Split = None,
+    map_key: MapKeyOption = "maps",
+    sheet: Annotated[bool, typer.Option("--sheet", help="Also write a contact sheet (image | GT | labels) JPEG.")] = False,
+) -> None:
+    """CRF-refine the run's CAMs into palette PNGs: pseudo_labels/<split>/ (label) or ir_labels/<split>/ (ir)."""
+    from aesipe.data import open_dataset
+
+    from .runconfig import resolve_run_config
+    from .stages.evaluate import MAP_KEYS
+    from .stages.ir_label import make_ir_labels
+    from .stages.pseudo_labels import contact_sheet, write_pseudo_labels
+
+    cfg = resolve_run_config(_existing_run(run_dir), recipe, overrides or [])
+    protocol = _choice(protocol, ("label", "ir"), "--protocol") or cfg.crf.protocol
+    _choice(map_key, MAP_KEYS, "--map-key")
+    if protocol == "ir":
+        if map_key != "maps":
+            raise UserError("IR labels are made from the selected maps ('maps'); other --map-key values apply to --protocol label")
+        out_dir = make_ir_labels(cfg, split)
+    else:
+        out_dir = write_pseudo_labels(cfg, split, map_key, crf=True)
+    typer.echo(f"wrote {out_dir}")
+    if sheet:
+        ds = open_dataset(cfg.data, out_dir.name)
+        typer.echo(f"wrote {contact_sheet(ds, out_dir, out_dir.parent / f'{out_dir.name}_sheet.jpg')}")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("synth")(synth)
+    app.command("eval-cam")(eval_cam)
+    app.command("crf")(crf)

@@ -1,0 +1,214 @@
+"""eval-cam: judge the CAM files of a run against the ground truth (pseudo-label mIoU).
+
+Reads ``<run>/cams/<split>/<id>.npz`` (``classes`` int64 [K], 0 first; ``maps`` float16 [K, H, W];
+``cam`` float16 [K-1, H, W], the plain CAM). The prediction is ``classes[argmax]`` after the background
+channel is multiplied by a scale (``cam.background_scale``; several with a sweep).
+
+``map_key`` picks the map to judge: ``maps`` (the one ``cam.map`` selected), ``iscam`` or ``aeiscam``
+(stored beside it by make-cam, same layout), or ``cam``. ``map_key="cam"`` judges the plain CAM: its background channel is ``1 - max`` over the stored
+foreground channels (METHOD.md: "Background channel = 1 - max over all foreground channels"; the file
+keeps only the image's own classes, the others are zero after label masking, so the max is the same).
+
+With a CRF protocol (see ``aesipe.train.crf``), the swept scale is the one before the label-CRF
+(``label``) or the bg_conf scale of the IR labels (``ir``; fg_conf uses ``ir_label.fg_background_scale``),
+and unsure IR pixels count as background.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from aesipe.data import SegmentationDataset, open_dataset
+from aesipe.utils.atomic import atomic_write_text
+from aesipe.utils.errors import UserError
+from aesipe.utils.labelpng import IGNORE_INDEX
+
+from .. import crf as crf_ops
+from ..config import CrfConfig, RunConfig
+from ..metrics import ConfusionMatrix, confusion_matrix, format_table
+
+MapKey = Literal["maps", "cam", "iscam", "aeiscam"]
+MAP_KEYS: tuple[str, ...] = ("maps", "cam", "iscam", "aeiscam")
+CrfProtocol = Literal["label", "ir"]
+EVAL_FILE = "cam_eval.json"
+
+
+def cam_dir(cfg: RunConfig, split: str) -> Path:
+    return Path(cfg.run_dir) / "cams" / split
+
+
+def load_cam_file(path: Path, map_key: MapKey = "maps") -> tuple[np.ndarray, np.ndarray]:
+    """(classes int64 [K], maps float32 [K, H, W] with the background channel first)."""
+    try:
+        with np.load(path) as data:
+            # numpy's own KeyError text ("x is not a file in the archive") would garble the message.
+            absent = [key for key in ("classes", map_key) if key not in data.files]
+            if absent:
+                raise KeyError(absent[0])
+            classes = np.asarray(data["classes"], np.int64)
+            if map_key != "cam":  # maps / iscam / aeiscam: [K, H, W], background first
+                maps = np.asarray(data[map_key], np.float32)
+            else:
+                foreground = np.asarray(data["cam"], np.float32)
+                if len(foreground):
+                    background = 1.0 - foreground.max(axis=0, keepdims=True)
+                else:  # a background-only image: cam is [0, H, W]
+                    background = np.ones((1, *foreground.shape[1:]), np.float32)
+                maps = np.concatenate([background, foreground], axis=0)
+    except KeyError as exc:
+        hint = " (made by a model without affinity enhancement?)" if exc.args[0] == "aeiscam" else " (not a make-cam output?)"
+        raise UserError(f"{path}: no {exc.args[0]!r} array{hint}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read CAM file {path}: {exc}") from None
+    if classes.ndim != 1 or len(classes) != len(maps) or (len(classes) and classes[0] != 0):
+        raise UserError(f"{path}: 'classes' must list the {len(maps)} channel label values, background (0) first")
+    return classes, maps
+
+
+def predict(maps: np.ndarray, classes: np.ndarray, background_scale: float) -> np.ndarray:
+    """uint8 label values: ``classes[argmax]`` after background x scale."""
+    return np.asarray(classes, np.uint8)[crf_ops.scaled_argmax(maps, background_scale)]
+
+
+def cam_paths(cfg: RunConfig, ds: SegmentationDataset, split: str) -> dict[str, Path]:
+    """``{id: npz path}`` for every image of the split; a missing file is a UserError."""
+    folder = cam_dir(cfg, split)
+    if not folder.is_dir():
+        raise UserError(f"no CAMs for split {split!r} in {folder}: run `aesipe-train make-cam {cfg.run_dir}` first")
+    paths = {i: folder / f"{i}.npz" for i in ds.ids}
+    missing = [i for i, p in paths.items() if not p.is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} of {len(ds.ids)} images of split {split!r} have no CAM in {folder} (first: {missing[0]}); "
+            f"finish `aesipe-train make-cam {cfg.run_dir}` first"
+        )
+    return paths
+
+
+@dataclass(frozen=True)
+class _EvalContext:
+    ds: SegmentationDataset
+    cams: dict[str, Path]
+    map_key: str
+    scales: tuple[float, ...]
+    protocol: str | None
+    crf: CrfConfig
+    ir_fg_scale: float
+
+
+def _predictions(ctx: _EvalContext, image_id: str, classes: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
+    """One label-value map per background scale, under the context's protocol."""
+    if ctx.protocol is None:
+        return [predict(maps, classes, s) for s in ctx.scales]
+    image = ctx.ds.load_image(image_id)
+    if image.shape[:2] != maps.shape[1:]:
+        raise UserError(f"{ctx.cams[image_id]}: maps are {maps.shape[2]}x{maps.shape[1]} but the image is "
+                        f"{image.shape[1]}x{image.shape[0]} (WxH)")  # fmt: skip
+    if ctx.protocol == "label":
+        return [crf_ops.label_crf(image, maps, classes, ctx.crf, s) for s in ctx.scales]
+    fg_conf = crf_ops.label_crf(image, maps, classes, ctx.crf, ctx.ir_fg_scale)
+    labels = []
+    for scale in ctx.scales:
+        ir = crf_ops.combine_ir_confidence(fg_conf, crf_ops.label_crf(image, maps, classes, ctx.crf, scale))
+        labels.append(np.where(ir == IGNORE_INDEX, 0, ir))  # judged with unsure = background
+    return labels
+
+
+def _image_confusions(ctx: _EvalContext, image_id: str) -> np.ndarray:
+    """int64 [scales, N, N]: the image's confusion matrix for each background scale."""
+    gt = ctx.ds.load_mask(image_id)
+    classes, maps = load_cam_file(ctx.cams[image_id], ctx.map_key)
+    if maps.shape[1:] != gt.shape:
+        raise UserError(f"{ctx.cams[image_id]}: maps are {maps.shape[2]}x{maps.shape[1]} but the mask is "
+                        f"{gt.shape[1]}x{gt.shape[0]} (WxH)")  # fmt: skip
+    if classes.max() > ctx.ds.num_classes:
+        raise UserError(f"{ctx.cams[image_id]}: class value {int(classes.max())} but the dataset has {ctx.ds.num_classes} classes")
+    n = ctx.ds.num_classes + 1
+    return np.stack([confusion_matrix(gt, pred, n) for pred in _predictions(ctx, image_id, classes, maps)])
+
+
+def evaluate_cams(
+    cfg: RunConfig,
+    split: str | None = None,
+    map_key: MapKey = "maps",
+    background_scales: Sequence[float] | None = None,
+    crf_protocol: CrfProtocol | None = None,
+    progress: bool = True,
+) -> dict:
+    """mIoU etc. of the run's CAM files on ``split`` (default ``data.cam_split``).
+
+    Every scale in ``background_scales`` (default: ``cam.background_scale``, or for the ``ir``
+    protocol ``ir_label.bg_background_scale``) is judged; the headline figures are those of the first,
+    ``sweep`` lists them all with the best marked. Returns a JSON-ready dict (see ``save_cam_eval``).
+    """
+    split = split or cfg.data.cam_split
+    if map_key not in MAP_KEYS:
+        raise UserError(f"map key must be one of {', '.join(MAP_KEYS)}, not {map_key!r}")
+    if crf_protocol not in (None, "label", "ir"):
+        raise UserError(f"CRF protocol must be 'label' or 'ir', not {crf_protocol!r}")
+    if crf_protocol is not None:
+        crf_ops.require_pydensecrf()
+    if not background_scales:
+        background_scales = (cfg.ir_label.bg_background_scale if crf_protocol == "ir" else cfg.cam.background_scale,)
+    scales = tuple(dict.fromkeys(float(s) for s in background_scales))  # unique, in the given order
+    ds = open_dataset(cfg.data, split)
+    if not ds.has_masks:
+        raise UserError(f"split {split!r} of {ds.root} has no ground-truth masks for every image: cannot evaluate")
+    ctx = _EvalContext(ds, cam_paths(cfg, ds, split), map_key, scales, crf_protocol, cfg.crf,
+                       cfg.ir_label.fg_background_scale)  # fmt: skip
+    per_scale = [ConfusionMatrix(ds.class_names) for _ in scales]
+    workers = cfg.crf.workers if crf_protocol else 1  # without a CRF the work is too light to share
+    desc = f"eval-cam {split}" + (f" +CRF({crf_protocol})" if crf_protocol else "")
+    for matrices in crf_ops.parallel_map(_image_confusions, ds.ids, ctx, workers, desc, progress):
+        for accumulator, matrix in zip(per_scale, matrices):
+            accumulator.add(matrix)
+
+    summaries = [m.summary() for m in per_scale]
+    best = max(range(len(scales)), key=lambda k: -1.0 if summaries[k]["miou"] is None else summaries[k]["miou"])
+    result = {
+        "split": split,
+        "num_images": len(ds),
+        "map_key": map_key,
+        "crf_protocol": crf_protocol,
+        "background_scale": scales[0],
+        **summaries[0],
+        "sweep": [
+            {"background_scale": s, "miou": summaries[k]["miou"], "best": k == best} for k, s in enumerate(scales)
+        ],
+        "best_background_scale": scales[best],
+    }
+    if crf_protocol == "ir":
+        result["ir_fg_background_scale"] = cfg.ir_label.fg_background_scale
+    if crf_protocol:
+        result["crf"] = {k: v for k, v in asdict(cfg.crf).items() if k not in ("workers", "protocol")}
+    return result
+
+
+def describe(result: dict) -> str:
+    """Title + table + sweep lines for the terminal."""
+    protocol = result["crf_protocol"]
+    title = (
+        f"{result['split']} ({result['num_images']} images), map {result['map_key']!r}, background x "
+        f"{result['background_scale']:g}" + (f", +CRF ({protocol} protocol)" if protocol else "")
+    )
+    lines = [format_table(result, title)]
+    if len(result["sweep"]) > 1:
+        lines.append("background scale sweep:")
+        for row in result["sweep"]:
+            miou = "-" if row["miou"] is None else f"{100 * row['miou']:.1f}"
+            lines.append(f"  x{row['background_scale']:<5.2f} mIoU {miou}" + ("   <- best" if row["best"] else ""))
+    return "\n".join(lines)
+
+
+def save_cam_eval(cfg: RunConfig, plain: dict, with_crf: dict | None = None) -> Path:
+    """Write ``<run>/cam_eval.json`` atomically: the plain result, plus the CRF result under ``"crf_eval"``."""
+    document = {"format": "aesipe-cam-eval", "version": 1, **plain}
+    if with_crf is not None:
+        document["crf_eval"] = with_crf
+    path = Path(cfg.run_dir) / EVAL_FILE
+    atomic_write_text(path, json.dumps(document, indent=1) + "\n")
+    return path

@@ -1,0 +1,62 @@
+"""IR labels for IRN (stage 2): confident foreground / background regions from the CAMs + dense CRF.
+
+``<run>/ir_labels/<split>/<id>.png``: palette PNGs of label values with 255 = unsure, made by
+``aesipe.train.crf.ir_labels`` (fg_conf = CRF(argmax of the maps as they are), bg_conf = CRF(argmax
+with background x ``ir_label.bg_background_scale``)). Parallel over images, resumable (finished PNGs
+are kept while the settings stay the same), each PNG written atomically.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aesipe.data import SegmentationDataset, open_dataset
+from aesipe.utils.errors import UserError
+from aesipe.utils.labelpng import save_label_png
+
+from .. import crf as crf_ops
+from ..config import CrfConfig, IrLabelConfig, RunConfig
+from .evaluate import cam_paths, load_cam_file
+from .pseudo_labels import prepare_label_dir, write_label_pngs
+
+
+@dataclass(frozen=True)
+class _IrContext:
+    ds: SegmentationDataset
+    cams: dict[str, Path]
+    out_dir: Path
+    crf: CrfConfig
+    ir: IrLabelConfig
+
+
+def _write_ir_label(ctx: _IrContext, image_id: str) -> str:
+    classes, maps = load_cam_file(ctx.cams[image_id], "maps")
+    image = ctx.ds.load_image(image_id)
+    if image.shape[:2] != maps.shape[1:]:
+        raise UserError(f"{ctx.cams[image_id]}: maps are {maps.shape[2]}x{maps.shape[1]} but the image is "
+                        f"{image.shape[1]}x{image.shape[0]} (WxH)")  # fmt: skip
+    labels = crf_ops.ir_labels(
+        image, maps, classes, ctx.crf, fg_scale=ctx.ir.fg_background_scale, bg_scale=ctx.ir.bg_background_scale
+    )
+    save_label_png(ctx.out_dir / f"{image_id}.png", labels.astype(np.uint8), ctx.ds.palette)
+    return image_id
+
+
+def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = True) -> Path:
+    """Write the IR labels of ``split`` (default ``data.train_split``, what IRN trains on); returns the folder."""
+    split = split or cfg.data.train_split
+    crf_ops.require_pydensecrf()
+    ds = open_dataset(cfg.data, split)
+    out_dir = Path(cfg.run_dir) / "ir_labels" / split
+    settings = {
+        "kind": "ir_labels",
+        "fg_background_scale": cfg.ir_label.fg_background_scale,
+        "bg_background_scale": cfg.ir_label.bg_background_scale,
+        "crf": asdict(cfg.crf) | {"workers": None, "protocol": None},
+    }
+    prepare_label_dir(out_dir, settings)
+    ctx = _IrContext(ds, cam_paths(cfg, ds, split), out_dir, cfg.crf, cfg.ir_label)
+    write_label_pngs(out_dir, ds.ids, _write_ir_label, ctx, cfg.ir_label.workers, f"ir-labels {split}", progress)
+    return out_dir
