@@ -1,15 +1,27 @@
-"""`aesipe-export` (being built: says so and exits non-zero)."""
+"""`aesipe-export SOURCE [OUT]`: a run directory or checkpoint -> a verified ONNX / TorchScript file."""
 from __future__ import annotations
 
-import sys
+from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from aesipe import __version__
+from aesipe.utils.errors import run_cli, user_errors
 
 PROG = "aesipe-export"
 app = typer.Typer(name=PROG, add_completion=False, pretty_exceptions_enable=False)
+
+
+class What(str, Enum):
+    segmenter = "segmenter"
+    pseudo_labeller = "pseudo-labeller"
+
+
+class Format(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
 
 
 def _version(value: bool) -> None:
@@ -18,13 +30,27 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.command()
-def _main(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True)] = None,
+@app.command(help="Export a trained model (run directory or checkpoint) with its metadata, then check it "
+                  "against PyTorch. The file is all `aesipe-label` needs.")
+@user_errors(PROG)
+def export(
+    source: Annotated[Path, typer.Argument(help="Run directory (uses seg/final.pt or stage1/final.pt) or checkpoint.")],
+    out: Annotated[Optional[Path], typer.Argument(help="Output file (default: <run>/export/<what>.<suffix>).")] = None,
+    what: Annotated[Optional[What], typer.Option(help="Model to export (default: the checkpoint's kind; "
+                                                      "run directories: segmenter).")] = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="File format.")] = Format.onnx,
+    half: Annotated[bool, typer.Option(help="Compute in float16 inside the graph (inputs/outputs stay float32).")] = False,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 20: loads in ONNX Runtime >= 1.17).")] = None,
+    pamr: Annotated[bool, typer.Option(help="Pseudo-labeller: refine maps with PAMR inside the graph.")] = True,
+    verify: Annotated[bool, typer.Option(help="Check the file against PyTorch (fails the export on mismatch).")] = True,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
 ) -> None:
-    typer.echo(f"{PROG}: not built yet in this version", err=True)
-    raise typer.Exit(2)
+    from .api import export_model
+
+    export_model(source, out, format=format.value, half=half, opset=opset,
+                  what=what.value if what else None, pamr=pamr, verify=verify, log=typer.echo)
 
 
 def main() -> None:
-    app()
+    run_cli(app, PROG)

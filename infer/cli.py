@@ -1,12 +1,17 @@
-"""`aesipe-label` (being built: says so and exits non-zero)."""
+"""`aesipe-label MODEL INPUT OUTPUT`: label a folder of images with an exported model.
+
+Exit codes: 0 all images labelled, 1 some inputs failed (the rest are written; see report.json),
+2 usage errors (missing model, unreadable folder, bad option).
+"""
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from aesipe import __version__
+from aesipe.utils.errors import UserError, run_cli, user_errors
 
 PROG = "aesipe-label"
 app = typer.Typer(name=PROG, add_completion=False, pretty_exceptions_enable=False)
@@ -18,13 +23,56 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.command()
-def _main(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True)] = None,
+def parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--scales must be numbers like 1.0,0.75, got {text!r}") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise UserError(f"--scales must be positive numbers, got {text!r}")
+    return scales
+
+
+@app.command(help="Label every image under INPUT into OUTPUT/masks/ (palette PNGs of class indices, the "
+                  "input's size) and write OUTPUT/report.json. Re-running resumes.")
+@user_errors(PROG)
+def label(
+    model: Annotated[Path, typer.Argument(help="Exported model (.onnx, or TorchScript .pt) from aesipe-export.")],
+    input: Annotated[Path, typer.Argument(help="Image folder (searched recursively) or one image.")],
+    output: Annotated[Path, typer.Argument(help="Output folder.")],
+    overlay: Annotated[bool, typer.Option(help="Also write blended previews to OUTPUT/overlays/.")] = False,
+    tags: Annotated[Optional[Path], typer.Option(help="CSV 'image,labels' (class names); required by "
+                                                      "pseudo-labellers.")] = None,
+    crf: Annotated[bool, typer.Option(help="Refine with a dense CRF (pip install 'aesipe[crf]').")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per model call (same-size images batch together).")] = 4,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    half: Annotated[bool, typer.Option(help="Require a float16 model (export with --half).")] = False,
+    scales: Annotated[str, typer.Option(help="Test-time scales, e.g. 1.0,0.75 (scores are fused).")] = "1.0",
+    flip: Annotated[bool, typer.Option(help="Also run the horizontally flipped image and fuse.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo images whose mask already exists.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Decode/encode threads (default: min(4, cores)).")] = None,
+    max_side: Annotated[int, typer.Option(help="Images with a longer side are labelled at this size and the "
+                                               "result resized back.")] = 2048,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: cores).")] = None,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
 ) -> None:
-    typer.echo(f"{PROG}: not built yet in this version", err=True)
-    raise typer.Exit(2)
+    from .pipeline import run_folder
+
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
+    if max_side < 16:
+        raise UserError("--max-side must be at least 16")
+    report = run_folder(model, input, output, tags_csv=tags, overlay=overlay, crf=crf, batch_size=batch_size,
+                        device=device, half=half, scales=parse_scales(scales), flip=flip, overwrite=overwrite,
+                        workers=workers, max_side=max_side, threads=threads, log=lambda m: typer.echo(m, err=True))
+    summary = report.summary
+    rate = summary.get("images_per_second")
+    typer.echo(f"{report.ok} labelled, {report.failed} failed ({summary['resumed']} kept from an earlier run)"
+               + (f", {rate:.2f} images/s" if rate else "") + f"; report: {report.path}")
+    if report.failed:
+        raise typer.Exit(report.exit_code)
 
 
 def main() -> None:
-    app()
+    run_cli(app, PROG)

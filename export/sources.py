@@ -1,0 +1,105 @@
+"""Resolve what to export: a run directory or a checkpoint file -> the network, its config and classes.
+
+The checkpoint's resolved config says how to rebuild the model (nothing is retyped); the builders come
+from ``aesipe.models`` and are looked up in ``BUILDERS`` so tests can substitute tiny networks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from aesipe.config import from_dict
+from aesipe.train.config import RunConfig
+from aesipe.utils.errors import UserError
+
+WHAT_CHECKPOINT = {"segmenter": "seg/final.pt", "pseudo_labeller": "stage1/final.pt"}
+WHAT_KIND = {"segmenter": "deeplabv3", "pseudo_labeller": "aesipe"}
+KIND_WHAT = {kind: what for what, kind in WHAT_KIND.items()}
+STAGE_HINT = {
+    "segmenter": "train the segmenter first: aesipe-train seg (or aesipe-train all)",
+    "pseudo_labeller": "train stage 1 first: aesipe-train train",
+}
+
+
+def _build_deeplabv3(cfg: RunConfig, num_foreground: int) -> nn.Module:
+    from aesipe.models.deeplab import build_deeplabv3
+
+    # Weights come from the checkpoint: never look for ImageNet weights here.
+    return build_deeplabv3(num_foreground, backbone=cfg.seg.backbone, pretrained=None, no_pretrained=True)
+
+
+def _build_aesipe(cfg: RunConfig, num_foreground: int) -> nn.Module:
+    from aesipe.models.aesipe_net import build_aesipe
+
+    model_cfg = dataclasses.replace(cfg.model, pretrained=None, no_pretrained=True)
+    return build_aesipe(dataclasses.replace(cfg, model=model_cfg), num_foreground)
+
+
+BUILDERS: dict[str, Callable[[RunConfig, int], nn.Module]] = {
+    "deeplabv3": _build_deeplabv3,
+    "aesipe": _build_aesipe,
+}
+
+
+@dataclass
+class LoadedModel:
+    net: nn.Module
+    what: str
+    """segmenter | pseudo_labeller"""
+    cfg: RunConfig
+    class_names: list[str]
+    palette: list[list[int]] | None
+    checkpoint: Path
+
+
+def resolve_checkpoint(source: Path, what: str) -> Path:
+    if not source.exists():
+        raise UserError(f"source not found: {source}")
+    if source.is_file():
+        return source
+    checkpoint = source / WHAT_CHECKPOINT[what]
+    if not checkpoint.is_file():
+        raise UserError(f"{source} has no {WHAT_CHECKPOINT[what]}: {STAGE_HINT[what]}")
+    return checkpoint
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for non-checkpoints; all mean "cannot read it"
+        raise UserError(f"{path} is not a readable aesipe checkpoint ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or not {"kind", "model", "config", "class_names"} <= set(data):
+        raise UserError(f"{path} is not an aesipe checkpoint (needs kind, model, config, class_names)")
+    return data
+
+
+def load_source(source: str | Path, what: str | None = None) -> LoadedModel:
+    """Load the model to export; ``what`` defaults to the checkpoint's kind (run dirs: segmenter)."""
+    source = Path(source)
+    if what is not None and what not in WHAT_KIND:
+        raise UserError(f"--what must be segmenter or pseudo-labeller, got {what!r}")
+    path = resolve_checkpoint(source, what or "segmenter")
+    data = _read_checkpoint(path)
+    kind = data["kind"]
+    if kind not in KIND_WHAT:
+        raise UserError(f"{path} holds a {kind!r} model; export a segmenter (seg/final.pt) or a stage-1 network")
+    if what is not None and KIND_WHAT[kind] != what:
+        raise UserError(f"{path} holds a {kind} model, not a {what.replace('_', '-')}")
+    what = KIND_WHAT[kind]
+    cfg = from_dict(RunConfig, data["config"])
+    class_names = [str(name) for name in data["class_names"]]
+    if len(class_names) < 2:
+        raise UserError(f"{path}: class_names must list background and at least one class")
+    net = BUILDERS[kind](cfg, len(class_names) - 1)
+    try:
+        net.load_state_dict(data["model"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"{path}: weights do not fit the model its config describes ({first})") from None
+    palette = data.get("palette")
+    return LoadedModel(net.eval(), what, cfg, class_names, palette, path)

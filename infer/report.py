@@ -1,0 +1,71 @@
+"""``OUTPUT/report.json``: one record per image, totals, timings; merged with a previous run's on resume."""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aesipe.utils.atomic import atomic_write_text
+from aesipe.utils.labelpng import load_label_png
+
+REPORT_NAME = "report.json"
+
+
+def mask_record(labels: np.ndarray, classes: tuple[str, ...], mask_rel: str) -> dict:
+    """Status-ok record: size and the classes present with their pixel fractions."""
+    counts = np.bincount(labels.ravel(), minlength=len(classes))
+    total = max(1, labels.size)
+    present = {(classes[i] if i < len(classes) else str(i)): round(float(c) / total, 6)
+               for i, c in enumerate(counts) if c}
+    return {"status": "ok", "size": [int(labels.shape[0]), int(labels.shape[1])], "classes": present,
+            "mask": mask_rel}
+
+
+@dataclass
+class Report:
+    path: Path
+    images: dict[str, dict] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def load_previous(cls, path: Path) -> "Report":
+        report = cls(path)
+        try:
+            report.images = dict(json.loads(path.read_text()).get("images", {}))
+        except (OSError, ValueError, AttributeError):
+            pass  # no report yet, or one cut off before its atomic rename: start a fresh one
+        return report
+
+    def set(self, rel: str, record: dict) -> None:
+        with self._lock:
+            self.images[rel] = record
+
+    def resumed_record(self, rel: str, mask_path: Path, mask_rel: str, classes: tuple[str, ...]) -> dict:
+        """Record for an image whose mask a previous run wrote (re-read the mask if the report lacks it)."""
+        previous = self.images.get(rel)
+        if previous and previous.get("status") == "ok":
+            return {**previous, "resumed": True}
+        return {**mask_record(load_label_png(mask_path), classes, mask_rel), "resumed": True}
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for r in self.images.values() if r.get("status") == "ok")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.images.values() if r.get("status") == "failed")
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def write(self) -> None:
+        with self._lock:
+            images = dict(sorted(self.images.items()))
+            data = {"summary": {**self.summary, "images": len(images), "ok": self.ok, "failed": self.failed},
+                    "images": images}
+        atomic_write_text(self.path, json.dumps(data, indent=1) + "\n")

@@ -1,0 +1,162 @@
+"""Run an exported file: ONNX Runtime (CPU or CUDA with IO binding) or TorchScript (torch imported lazily).
+
+Both backends expose ``info`` (parsed metadata), ``providers`` (what really runs), ``fallback`` (a
+sentence when the requested accelerator silently fell back to CPU, else None) and
+``run(image, tags, want) -> {output name: array}``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from aesipe.contract import EXTRA_FILE, MetadataError, ModelInfo, parse_metadata
+from aesipe.utils.errors import UserError
+
+ONNX_SUFFIXES = (".onnx",)
+TORCHSCRIPT_SUFFIXES = (".pt", ".torchscript")
+DEVICES = ("auto", "cpu", "cuda")
+CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def read_torchscript_metadata(path: str | Path) -> dict[str, str]:
+    """The ``aesipe.json`` extra file of a TorchScript zip, read without torch."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")]
+            return json.loads(archive.read(names[0])) if names else {}
+    except (zipfile.BadZipFile, json.JSONDecodeError, OSError):
+        return {}
+
+
+def _parse(meta: dict[str, str], path: Path) -> ModelInfo:
+    try:
+        return parse_metadata(meta, source=str(path))
+    except MetadataError as exc:
+        raise UserError(str(exc)) from None
+
+
+class OrtBackend:
+    def __init__(self, path: Path, device: str = "auto", providers: Sequence[str] | None = None,
+                 threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("ONNX models need onnxruntime: pip install 'aesipe[cpu]' (or 'aesipe[gpu]')") from None
+        available = ort.get_available_providers()
+        requested = list(providers) if providers else self._providers_for(device, available)
+        if device == "cuda" and CUDA_EP not in available and not providers:
+            raise UserError("--device cuda: this onnxruntime has no CUDA provider; pip install 'aesipe[gpu]'")
+        if CUDA_EP in requested and hasattr(ort, "preload_dlls"):
+            try:  # finds the CUDA/cuDNN libraries torch's wheels installed (PLATFORM.md)
+                ort.preload_dlls()
+            except Exception:
+                pass
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or 0  # 0: ORT picks the physical core count
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+        except Exception as exc:
+            raise UserError(f"cannot load {path} with onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+        self.info = _parse(dict(self.session.get_modelmeta().custom_metadata_map), path)
+        self.providers = self.session.get_providers()
+        missing = [p for p in requested if p not in self.providers]
+        self.fallback = (f"requested {', '.join(missing)} but onnxruntime runs on {', '.join(self.providers)}"
+                         if missing else None)
+        self.on_gpu = CUDA_EP in self.providers
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.device = "cuda" if self.on_gpu else "cpu"
+
+    @staticmethod
+    def _providers_for(device: str, available: Sequence[str]) -> list[str]:
+        if device not in DEVICES:
+            raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+        if device in ("auto", "cuda") and CUDA_EP in available:
+            return [CUDA_EP, CPU_EP]
+        return [CPU_EP]
+
+    def run(self, image: np.ndarray, tags: np.ndarray | None, want: Sequence[str]) -> dict[str, np.ndarray]:
+        feeds = {"image": np.ascontiguousarray(image, dtype=np.float32)}
+        if "tags" in self.input_names:
+            feeds["tags"] = np.ascontiguousarray(tags, dtype=np.float32)
+        if not self.on_gpu:
+            return dict(zip(want, self.session.run(list(want), feeds)))
+        # IO binding: inputs go to the GPU once, and only the requested outputs come back.
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in want:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(want, binding.copy_outputs_to_cpu()))
+
+
+class TorchScriptBackend:
+    def __init__(self, path: Path, device: str = "auto"):
+        try:
+            import torch
+        except ImportError:
+            raise UserError("TorchScript models need torch; export to ONNX to label without torch") from None
+        self.info = _parse(read_torchscript_metadata(path), path)
+        self._load_custom_ops(torch)
+        if device not in DEVICES:
+            raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda: torch sees no CUDA GPU")
+        self.device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        self._torch = torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates torch.jit
+            self.module = torch.jit.load(str(path), map_location=self.device).eval()
+        self.providers = [f"torch.jit ({self.device})"]
+        self.fallback = None
+        self.on_gpu = self.device == "cuda"
+
+    def _load_custom_ops(self, torch) -> None:
+        if not self.info.custom_ops:
+            return
+        candidates = [self.info.op_library] if self.info.op_library else []
+        try:  # the local aesipe may have (or build) the same op library
+            from aesipe.ops import _build
+
+            local = _build.load_library()
+            candidates.append(str(local) if local else None)
+        except ImportError:
+            pass
+        for candidate in filter(None, candidates):
+            if os.path.isfile(candidate):
+                torch.ops.load_library(candidate)
+                return
+        raise UserError(f"the model calls {', '.join(self.info.custom_ops)}: build the op library "
+                        "(python -m aesipe.ops build) or export to ONNX, which needs no custom ops")
+
+    def run(self, image: np.ndarray, tags: np.ndarray | None, want: Sequence[str]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        inputs = [torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)]
+        if self.info.needs_tags:
+            inputs.append(torch.from_numpy(np.ascontiguousarray(tags, dtype=np.float32)).to(self.device))
+        with torch.inference_mode():
+            scores, labels = self.module(*inputs)
+        outputs = {"scores": scores, "labels": labels}
+        return {name: outputs[name].cpu().numpy() for name in want}
+
+
+def open_backend(path: str | Path, device: str = "auto", providers: Sequence[str] | None = None,
+                 threads: int | None = None):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return OrtBackend(path, device, providers, threads)
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        return TorchScriptBackend(path, device)
+    raise UserError(f"{path}: expected an .onnx or TorchScript (.pt, .torchscript) file from aesipe-export")
