@@ -1,0 +1,119 @@
+"""Stage-1 training, resume after a kill, make-cam output and the CLI, on tiny synthetic data (CPU)."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aesipe.config import from_dict
+from aesipe.models.aesipe_net import AESIPENet
+from aesipe.train import checkpoint as ckpt_io
+from aesipe.train import engine
+from aesipe.train.cli import app
+from aesipe.train.config import RunConfig
+from aesipe.train.stages import stage1
+from aesipe.train.stages.make_cam import make_cams
+
+
+def test_sgd_steps_lower_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    net = AESIPENet(3, "resnet50", no_pretrained=True, pamr_backend="reference")
+    batch = {"image": torch.randn(2, 3, 32, 32), "labels": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
+             "valid": torch.ones(2, 32, 32)}
+    backbone, new = net.parameter_groups()
+    opt = engine.build_sgd(engine.param_groups([backbone, new], [0.001, 0.01], 1e-4), 0.001, 0.9, 1e-4)
+    losses = []
+    for _ in range(3):
+        out = stage1.stage1_losses(net, batch)
+        losses.append(out["loss"].item())
+        opt.zero_grad()
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+    assert losses[-1] < losses[0]
+    assert out["loss"].item() == pytest.approx(out["loss_cls"].item() + out["loss_gsc"].item(), rel=1e-6)
+
+
+def _weights(path):
+    return ckpt_io.load_checkpoint(path)["model"]
+
+
+def _log_rows(run_dir):
+    with (run_dir / "stage1" / "log.csv").open() as handle:
+        return [(r["step"], r["loss"], r["lr0"]) for r in csv.DictReader(handle)]
+
+
+def test_resume_after_a_kill_follows_the_uninterrupted_run(tmp_path, make_cfg, monkeypatch):
+    straight = stage1.train_stage1(make_cfg(tmp_path / "straight"))
+    # Same seed, killed at step 3 (after the step-2 checkpoint), then simply run again.
+    real_losses, calls = stage1.stage1_losses, {"n": 0}
+
+    def dies_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_losses(*args, **kwargs)
+
+    monkeypatch.setattr(stage1, "stage1_losses", dies_at_step_3)
+    cfg = make_cfg(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        stage1.train_stage1(cfg)
+    assert ckpt_io.load_checkpoint(tmp_path / "killed/stage1/checkpoints/last.pt")["step"] == 2
+    assert not (tmp_path / "killed/stage1/final.pt").exists()
+    monkeypatch.setattr(stage1, "stage1_losses", real_losses)
+    resumed = stage1.train_stage1(cfg)
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _log_rows(tmp_path / "killed") == _log_rows(tmp_path / "straight")
+    assert [r[0] for r in _log_rows(tmp_path / "killed")] == ["1", "2", "3", "4"]
+    final = ckpt_io.load_checkpoint(resumed, kind="aesipe")
+    assert final["step"] == 4 and "optimizer" not in final
+    assert from_dict(RunConfig, final["config"]) == cfg
+    assert final["class_names"][0] == "background"
+
+
+def test_cli_train_then_make_cam_writes_the_documented_files(tmp_path, make_overrides):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(run), *make_overrides(**{"train.max_steps": 2})])
+    assert result.exit_code == 0, result.output
+    assert (run / "stage1/final.pt").is_file() and (run / "config.toml").is_file()
+    result = runner.invoke(app, ["make-cam", str(run), "--split", "val"])
+    assert result.exit_code == 0, result.output
+    files = sorted((run / "cams/val").glob("*.npz"))
+    assert len(files) == 3
+    from aesipe.data import open_dataset
+    from aesipe.train.runconfig import resolve_run_config
+
+    ds = open_dataset(resolve_run_config(run, save=False).data, "val")
+    for path in files:
+        data = np.load(path)
+        labels = ds.labels(path.stem)
+        expected = [0, *(np.flatnonzero(labels) + 1)]
+        assert data["classes"].tolist() == expected and data["classes"].dtype == np.int64
+        k = len(expected)
+        height, width = ds.load_image(path.stem).shape[:2]
+        assert data["maps"].shape == (k, height, width) and data["maps"].dtype == np.float16
+        assert data["cam"].shape == (k - 1, height, width)
+        assert data["iscam"].shape == data["aeiscam"].shape == (k, height, width)
+        assert np.array_equal(data["maps"], data["aeiscam"])  # cam.map = aeiscam by default
+        assert data["maps"].min() >= 0 and np.allclose(data["maps"].max(axis=(1, 2))[:1], 1.0, atol=1e-3)
+    before = {p: p.stat().st_mtime_ns for p in files}
+    files[0].unlink()
+    result = runner.invoke(app, ["make-cam", str(run), "--split", "val"])
+    assert result.exit_code == 0 and files[0].is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p != files[0])  # others skipped
+
+    result = runner.invoke(app, ["make-cam", str(run), "model.affinity_enhancement=false", "--split", "train"])
+    assert result.exit_code == 2 and "cam.map=aeiscam needs" in result.output
+
+
+def test_make_cam_without_a_checkpoint_is_a_clear_error(tmp_path, make_cfg):
+    from aesipe.utils.errors import UserError
+
+    with pytest.raises(UserError, match="run `aesipe-train train"):
+        make_cams(make_cfg(tmp_path / "empty"), "val")

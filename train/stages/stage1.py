@@ -1,0 +1,117 @@
+"""Stage 1: train the AE-SIPE network on image-level tags (``aesipe-train train``).
+
+Writes ``<run>/stage1/checkpoints/last.pt`` every ``train.checkpoint_every`` steps (a re-run resumes
+from it), ``<run>/stage1/log.csv`` and finally ``<run>/stage1/final.pt``. No checkpoint is ever chosen
+by a score: the final one is the result.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from aesipe.config import save_config, to_dict
+from aesipe.models import sipe_modules as sm
+from aesipe.models.aesipe_net import build_aesipe
+
+from .. import engine
+from ..config import RunConfig
+
+STAGE_DIR = "stage1"
+
+
+def stage1_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.run_dir) / STAGE_DIR
+
+
+def final_checkpoint_path(cfg: RunConfig) -> Path:
+    return stage1_dir(cfg) / "final.pt"
+
+
+def stage1_losses(model: torch.nn.Module, batch: dict, gsc_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """cls = multilabel soft margin on the GAP scores; GSC = mean |CAM - maxnorm((AE-)IS-CAM)|."""
+    out = model(batch["image"], batch["labels"], batch["valid"])
+    cls = F.multilabel_soft_margin_loss(out["score"].float(), batch["labels"].float())
+    gsc = sm.gsc_loss(out["cam"].float(), out["final"].float())
+    return {"loss": cls + gsc_weight * gsc, "loss_cls": cls, "loss_gsc": gsc}
+
+
+def total_steps(cfg: RunConfig, num_images: int, world_size: int = 1) -> int:
+    """Optimiser steps of the run: epochs x full batches per epoch, capped by ``train.max_steps``."""
+    per_epoch = -(-num_images // world_size) // cfg.train.batch_size
+    steps = cfg.train.epochs * per_epoch
+    return min(steps, cfg.train.max_steps) if cfg.train.max_steps is not None else steps
+
+
+def train_stage1(cfg: RunConfig) -> Path:
+    """Train (or resume) the stage-1 network of ``cfg``; returns the final checkpoint path."""
+    from aesipe.data import open_dataset
+    from aesipe.data.transforms import ClassificationDataset
+
+    t = cfg.train
+    info = engine.init_distributed(t.device)
+    try:
+        device = engine.select_device(t.device, info.local_rank if info.enabled else None)
+        engine.seed_everything(t.seed)
+        ds = open_dataset(cfg.data, cfg.data.train_split)
+        dataset = ClassificationDataset(ds, t.crop_size, t.resize_long, flip=True, seed=t.seed)
+        model = build_aesipe(cfg, ds.num_classes)
+        backbone_params, new_params = model.parameter_groups()
+        groups = engine.param_groups(
+            [backbone_params, new_params], [t.lr, t.lr * t.new_layer_lr_mult], t.weight_decay
+        )
+        optimizer = engine.build_sgd(groups, t.lr, t.momentum, t.weight_decay, reference=t.reference_optimizer)
+        max_steps = total_steps(cfg, len(ds), info.world_size)
+        scheduler = engine.make_poly_scheduler(optimizer, max_steps, t.poly_power)
+        spec = engine.LoopSpec(
+            stage_dir=stage1_dir(cfg), kind="aesipe", max_steps=max_steps, batch_size=t.batch_size,
+            checkpoint_every=t.checkpoint_every, log_every=t.log_every, grad_clip=t.grad_clip, amp=t.amp,
+            seed=t.seed, workers=cfg.data.workers, desc="stage1",
+        )
+        if info.is_main:
+            save_config(cfg, Path(cfg.run_dir) / "config.toml")
+        return engine.train_loop(
+            model, optimizer, scheduler, dataset,
+            lambda net, batch: stage1_losses(net, batch, t.gsc_weight),
+            spec, device, to_dict(cfg), ds.class_names, info,
+        )
+    finally:
+        engine.shutdown_distributed()
+
+
+def import_authors_checkpoint(cfg: RunConfig, source: str | Path) -> tuple[Path, str]:
+    """Convert the authors' SIPE/AE-SIPE file into ``<run>/stage1/final.pt``; returns (path, report).
+
+    Class names come from the run's dataset when it opens, else VOC's when the file has 20 classes.
+    The run config's backbone is set to the one the file holds."""
+    from dataclasses import replace
+
+    from aesipe.data import VOC_CLASSES, open_dataset
+    from aesipe.models import import_authors
+    from aesipe.utils.errors import UserError
+
+    from .. import checkpoint as ckpt_io
+
+    report = import_authors.convert_authors_state_dict(import_authors.read_authors_state_dict(source))
+    try:
+        class_names = list(open_dataset(cfg.data, cfg.data.cam_split).class_names)
+    except UserError:
+        if report.num_classes != len(VOC_CLASSES) - 1:
+            raise UserError(
+                f"the file has {report.num_classes} classes and the run's dataset ({cfg.data.root}) does not open: "
+                "pass data.root=DATASET so the class names are known"
+            ) from None
+        class_names = list(VOC_CLASSES)
+    if len(class_names) - 1 != report.num_classes:
+        raise UserError(f"the file has {report.num_classes} classes, the dataset {len(class_names) - 1}")
+    cfg = replace(cfg, model=replace(cfg.model, backbone=report.backbone))
+    model = build_aesipe(cfg, report.num_classes, backbone_weights=False)
+    import_authors.check_against(report, model)
+    model.load_state_dict(report.state_dict, strict=True)
+    save_config(cfg, Path(cfg.run_dir) / "config.toml")
+    ckpt = ckpt_io.make_checkpoint(
+        kind="aesipe", model=model, config=to_dict(cfg), class_names=class_names,
+        extra={"imported_from": str(Path(source).resolve())},
+    )
+    return ckpt_io.write_final(final_checkpoint_path(cfg), ckpt), report.summary()
