@@ -148,7 +148,18 @@ def run_folder(model_path: str | Path, input_dir: Path, output_dir: Path, tags_c
 
         def run(batch: list[tuple[Path, Prepared]]) -> None:
             t0 = time.perf_counter()
-            outputs = labeler.run_batch([item for _, item in batch])
+            try:
+                outputs = labeler.run_batch([item for _, item in batch])
+            except Exception as exc:  # noqa: BLE001 - a runtime failure must not stop the folder
+                timer.add("inference", time.perf_counter() - t0)
+                if len(batch) > 1:  # retry one by one: only the image that breaks the model fails
+                    for single in batch:
+                        run([single])
+                    return
+                report.set(batch[0][0].as_posix(),
+                           {"status": "failed", "reason": f"inference: {type(exc).__name__}: {exc}"})
+                bar.update(1)
+                return
             timer.add("inference", time.perf_counter() - t0)
             for (rel, item), out in zip(batch, outputs):
                 pending.append(writers.submit(finish, rel, item, out))

@@ -191,3 +191,26 @@ def test_crf_option(seg_onnx, photo_folder, tmp_path):
         assert result.exit_code == 0 and len(_masks(tmp_path)) == 5
     else:
         assert result.exit_code == 2 and "pip install 'aesipe[crf]'" in result.output
+
+
+def test_a_model_failure_on_one_image_fails_only_that_image(seg_onnx, photo_folder, tmp_path, monkeypatch):
+    from aesipe.infer import pipeline
+    from aesipe.infer.api import Labeler
+
+    real_run_batch = Labeler.run_batch
+    # b.png shares its size (and so its batch) with two others: they must survive the retry.
+    victim = np.asarray(Image.open(photo_folder / "b.png").convert("RGB"))
+
+    def flaky_run_batch(self, items):
+        if any(np.array_equal(item.decoded.rgb, victim) for item in items):
+            raise RuntimeError("simulated runtime failure")
+        return real_run_batch(self, items)
+
+    monkeypatch.setattr(Labeler, "run_batch", flaky_run_batch)
+    out = tmp_path / "out"
+    pipeline.run_folder(seg_onnx, photo_folder, out, workers=1, batch_size=4, progress=False)
+    data = json.loads((out / "report.json").read_text())
+    failed = {k: v for k, v in data["images"].items() if v["status"] != "ok"}
+    assert list(failed) == ["b.png"]
+    assert "simulated runtime failure" in failed["b.png"]["reason"]
+    assert len(data["images"]) == 5 and len(list((out / "masks").rglob("*.png"))) == 4
