@@ -1,0 +1,195 @@
+"""Building, caching and falling back: the lazy op-library build in aesipe.ops._build."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import aesipe
+from aesipe.ops import PamrFallbackWarning, pamr, pamr_backend_for
+from aesipe.ops import _build
+from aesipe.ops.__main__ import main as ops_cli
+from aesipe.ops.pamr_reference import pamr_reference
+
+REPO_ROOT = Path(aesipe.__file__).resolve().parents[1]
+# The module, not the function `aesipe.ops.pamr` that shadows it as a package attribute.
+pamr_module = importlib.import_module("aesipe.ops.pamr")
+
+
+def run_python(code: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that imports aesipe from this checkout."""
+    full_env = {**os.environ, **env}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def fresh_state(monkeypatch, tmp_path):
+    """A process state in which the op library was never loaded, with an empty private cache."""
+    monkeypatch.setattr(_build, "_STATE", _build._State())
+    monkeypatch.setattr(pamr_module, "_fused_reason_cache", {})
+    monkeypatch.setattr(pamr_module, "_warned_devices", set())
+    monkeypatch.setenv(_build.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def broken_sources(fresh_state, monkeypatch):
+    """A copy of the sources in which both C++ files fail to compile at their first line."""
+    src = fresh_state / "src"
+    shutil.copytree(_build.source_dir(), src, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    for name in ("pamr.cpp", "cpu/pamr_kernel.cpp"):
+        (src / name).write_text("#error deliberately broken for the fallback test\n")
+    monkeypatch.setenv(_build.SOURCE_ENV, str(src))
+    return src
+
+
+def test_failed_build_falls_back_with_one_warning(broken_sources):
+    image, mask = torch.rand(1, 3, 8, 7), torch.rand(1, 2, 4, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = pamr(image, mask, num_iter=3, dilations=(1, 2))
+        second = pamr(image, mask, num_iter=3, dilations=(1, 2))
+    fallback = [w for w in caught if issubclass(w.category, PamrFallbackWarning)]
+    assert len(fallback) == 1, [str(w.message) for w in caught]
+    message = str(fallback[0].message)
+    assert "deliberately broken" in message and "full log:" in message
+    log_path = Path(message.split("full log: ")[1].split(")")[0])
+    assert "deliberately broken" in log_path.read_text()
+
+    resized = torch.nn.functional.interpolate(mask, size=(8, 7), mode="bilinear", align_corners=True)
+    assert torch.equal(first, pamr_reference(image, resized, (1, 2), 3)) and torch.equal(first, second)
+    assert pamr_backend_for("cpu") == "reference"
+    with pytest.raises(RuntimeError, match="backend='fused'.*unavailable on cpu.*deliberately broken"):
+        pamr(image, mask, backend="fused")
+
+
+def test_missing_compiler_is_reported(fresh_state, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-aesipe")
+    assert _build.load_library() is None
+    assert "no C++ compiler found" in _build.unavailable_reason()
+    with pytest.raises(_build.BuildError, match=r"no C\+\+ compiler found"):
+        _build.build()
+
+
+def test_first_error_line_picks_the_compiler_error():
+    log = "Error building extension 'aesipe_pamr': [1/2] c++ -c pamr.cpp\nFAILED: pamr.o\npamr.cpp:3:1: error: boom\n"
+    assert _build.first_error_line(log) == "pamr.cpp:3:1: error: boom"
+    assert _build.first_error_line("just text\nmore") == "just text"
+
+
+def test_disable_env_forces_the_reference_in_a_fresh_process():
+    code = """
+import json, warnings, torch
+from aesipe.ops import pamr, pamr_backend_for, _build
+image, mask = torch.rand(1, 3, 6, 6), torch.rand(1, 2, 3, 3)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    pamr(image, mask); pamr(image, mask); pamr(image, mask)
+try:
+    pamr(image, mask, backend="fused"); fused_error = None
+except RuntimeError as exc:
+    fused_error = str(exc)
+print(json.dumps({
+    "warnings": [str(w.message) for w in caught],
+    "backend": pamr_backend_for("cpu"),
+    "fused_error": fused_error,
+    "library": _build.library_path(),
+    "op_registered": hasattr(torch.ops.aesipe, "pamr"),
+}))
+"""
+    result = run_python(code, {_build.DISABLE_ENV: "1"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["warnings"]) == 1 and "disabled by AESIPE_DISABLE_EXT=1" in report["warnings"][0]
+    assert report["backend"] == "reference" and report["library"] is None and not report["op_registered"]
+    assert "disabled by AESIPE_DISABLE_EXT=1" in report["fused_error"]
+
+
+def test_cached_library_loads_without_a_compiler(op_library):
+    # The session build left a finished build in the cache: a new process needs no compiler to use it.
+    assert (op_library.parent / "build.json").is_file()
+    assert _build.info()["cached"] is True
+    code = "from aesipe.ops import pamr_backend_for, _build; print(pamr_backend_for('cpu'), _build.library_path())"
+    result = run_python(code, {"PATH": "/nonexistent"})  # no c++, no ninja, no nvcc
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["fused", str(op_library)]
+
+
+def test_build_key_tracks_sources_and_cuda(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(_build.source_dir(), src, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    key = _build.build_key(src, cuda=False)
+    assert key == _build.build_key(src, cuda=False)
+    assert key != _build.build_key(src, cuda=True)
+    with (src / "pamr_common.h").open("a") as header:
+        header.write("// touched\n")
+    assert key != _build.build_key(src, cuda=False)
+
+
+def test_source_dir_override_and_default(monkeypatch, tmp_path):
+    assert (_build.source_dir() / "pamr.cpp").is_file()
+    monkeypatch.setenv(_build.SOURCE_ENV, str(tmp_path))
+    assert _build.source_dir() == tmp_path
+
+
+def test_cli_info_and_build(op_library, capsys):
+    assert ops_cli(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["source_dir"] == str(_build.source_dir()) and info["torch"] == torch.__version__
+    assert ops_cli(["build"]) == 0  # already loaded here: reports the path without rebuilding
+    assert str(op_library) in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_processes_build_once(tmp_path, op_library):
+    # Both start on an empty cache; the file lock makes the second wait and load the first one's build.
+    code = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from aesipe.ops import _build
+print("LIB", _build.build(cuda=False))
+"""
+    env = {**os.environ, _build.CACHE_ENV: str(tmp_path / "cache")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs
+    assert sum("compiling the PAMR op library" in out for out in outputs) == 1, outputs
+    libs = {line for out in outputs for line in out.splitlines() if line.startswith("LIB ")}
+    assert len(libs) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.version.cuda, reason="torch is not a CUDA build")
+@pytest.mark.skipif(_build.cuda_home() is None, reason="nvcc not found")
+def test_cuda_sources_compile(tmp_path):
+    # Compile-only where no GPU is visible: the AOT command forces the CUDA kernels into a private cache.
+    result = subprocess.run(
+        [sys.executable, "-m", "aesipe.ops", "build", "--cuda"],
+        env={
+            **os.environ,
+            _build.CACHE_ENV: str(tmp_path / "cache"),
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(CPU+CUDA)" in result.stdout
+    library = Path(result.stdout.strip().split(": ", 1)[1])
+    assert library.is_file() and json.loads((library.parent / "build.json").read_text())["cuda"] is True
+    check = "import torch; torch.ops.load_library(%r); " % str(library)
+    check += "print(torch._C._dispatch_has_kernel_for_dispatch_key('aesipe::pamr', 'CUDA'))"
+    probe = run_python(check, {})
+    assert probe.stdout.strip() == "True", probe.stderr
