@@ -44,3 +44,7 @@ commands_refine.register(app)
 
 def main() -> None:
     run_cli(app, PROG)
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node=N -m aesipe.train.cli train RUN_DIR ...
+    main()

@@ -14,3 +14,11 @@ Overrides = Annotated[
     Optional[list[str]],
     typer.Argument(help="Dotted config overrides, e.g. model.backbone=mobilenet_v2 train.max_steps=50.", show_default=False),
 ]
+
+
+def echo_rank0(message: str) -> None:
+    """Print once per job: under torchrun every rank runs the command, only rank 0 reports."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(message)

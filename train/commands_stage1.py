@@ -8,7 +8,7 @@ import typer
 
 from aesipe.utils.errors import user_errors
 
-from .cli_options import Overrides, Recipe, RunDir
+from .cli_options import Overrides, Recipe, RunDir, echo_rank0
 
 PROG = "aesipe-train"
 
@@ -23,7 +23,7 @@ def train(run_dir: RunDir, overrides: Overrides = None, recipe: Recipe = None) -
 
     cfg = resolve_run_config(run_dir, recipe, overrides or [])
     path = train_stage1(cfg)
-    typer.echo(f"wrote {path}")
+    echo_rank0(f"wrote {path}")
 
 
 @user_errors(PROG)
