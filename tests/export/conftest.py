@@ -5,8 +5,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
 
 def load_tiny_models():
     """Import tests/export/tiny_models.py once under a fixed name (tests/infer uses it too)."""
@@ -22,31 +20,7 @@ def load_tiny_models():
 tiny = load_tiny_models()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def tiny_builders():
-    from aesipe.export import sources
-
-    saved = tiny.install_builders()
-    yield
-    sources.BUILDERS.clear()
-    sources.BUILDERS.update(saved)
-
-
-@pytest.fixture(scope="session")
-def export_base(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "tiny_exports"
-
-
-@pytest.fixture(scope="session")
-def seg_onnx(export_base) -> Path:
-    return tiny.exported(export_base, "segmenter", "onnx")
-
-
-@pytest.fixture(scope="session")
-def seg_torchscript(export_base) -> Path:
-    return tiny.exported(export_base, "segmenter", "torchscript")
-
-
-@pytest.fixture(scope="session")
-def pl_onnx(export_base) -> Path:
-    return tiny.exported(export_base, "pseudo_labeller", "onnx")
+# The shared session fixtures (defined in tiny_models.py).
+tiny_builders, export_base, seg_onnx, seg_torchscript, pl_onnx = (
+    tiny.tiny_builders, tiny.export_base, tiny.seg_onnx, tiny.seg_torchscript, tiny.pl_onnx
+)

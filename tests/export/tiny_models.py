@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,3 +102,35 @@ def smooth_rgb(height: int, width: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     coarse = Image.fromarray(rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8))
     return np.asarray(coarse.resize((width, height), Image.Resampling.BILINEAR))
+
+
+# Session fixtures shared by tests/export and tests/infer: each conftest re-exports them, so the tiny
+# models are exported once per session whichever folder asks first.
+@pytest.fixture(scope="session", autouse=True)
+def tiny_builders():
+    from aesipe.export import sources
+
+    saved = install_builders()
+    yield
+    sources.BUILDERS.clear()
+    sources.BUILDERS.update(saved)
+
+
+@pytest.fixture(scope="session")
+def export_base(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "tiny_exports"
+
+
+@pytest.fixture(scope="session")
+def seg_onnx(export_base) -> Path:
+    return exported(export_base, "segmenter", "onnx")
+
+
+@pytest.fixture(scope="session")
+def seg_torchscript(export_base) -> Path:
+    return exported(export_base, "segmenter", "torchscript")
+
+
+@pytest.fixture(scope="session")
+def pl_onnx(export_base) -> Path:
+    return exported(export_base, "pseudo_labeller", "onnx")

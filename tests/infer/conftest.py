@@ -17,34 +17,10 @@ if _NAME not in sys.modules:  # the same module object as tests/export's, so exp
 tiny = sys.modules[_NAME]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def tiny_builders():
-    from aesipe.export import sources
-
-    saved = tiny.install_builders()
-    yield
-    sources.BUILDERS.clear()
-    sources.BUILDERS.update(saved)
-
-
-@pytest.fixture(scope="session")
-def export_base(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "tiny_exports"
-
-
-@pytest.fixture(scope="session")
-def seg_onnx(export_base) -> Path:
-    return tiny.exported(export_base, "segmenter", "onnx")
-
-
-@pytest.fixture(scope="session")
-def seg_torchscript(export_base) -> Path:
-    return tiny.exported(export_base, "segmenter", "torchscript")
-
-
-@pytest.fixture(scope="session")
-def pl_onnx(export_base) -> Path:
-    return tiny.exported(export_base, "pseudo_labeller", "onnx")
+# The shared session fixtures (defined in tiny_models.py).
+tiny_builders, export_base, seg_onnx, seg_torchscript, pl_onnx = (
+    tiny.tiny_builders, tiny.export_base, tiny.seg_onnx, tiny.seg_torchscript, tiny.pl_onnx
+)
 
 
 smooth_rgb = tiny.smooth_rgb
