@@ -1,8 +1,133 @@
-"""Stage commands (being built)."""
+"""Stage 2-3 and pipeline commands of ``aesipe-train`` (thin wrappers around ``stages/`` and ``pipeline``):
+``ir-label``, ``irn``, ``make-seg-labels``, ``seg``, ``eval-seg``, ``pipeline``, ``demo``."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from aesipe.utils.errors import UserError, user_errors
+
+from .cli_options import Overrides, Recipe, RunDir
+
+PROG = "aesipe-train"
+
+SplitOption = Annotated[Optional[str], typer.Option("--split", help="Split to work on (default: see the command).")]
+
+
+def _resolve(run_dir: Path, recipe: Path | None, overrides: list[str] | None):
+    from .runconfig import resolve_run_config
+
+    return resolve_run_config(run_dir, recipe, overrides or [])
+
+
+def _existing_run(run_dir: Path) -> Path:
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    return run_dir
+
+
+@user_errors(PROG)
+def ir_label(run_dir: RunDir, overrides: Overrides = None, recipe: Recipe = None, split: SplitOption = None) -> None:
+    """IR labels for IRN (CRF-confident foreground/background, 255 = unsure): RUN_DIR/ir_labels/<split>/ (default data.train_split)."""
+    from .stages.ir_label import make_ir_labels
+
+    cfg = _resolve(_existing_run(run_dir), recipe, overrides)
+    typer.echo(f"wrote {make_ir_labels(cfg, split)}")
+
+
+@user_errors(PROG)
+def irn(run_dir: RunDir, overrides: Overrides = None, recipe: Recipe = None) -> None:
+    """Train IRN on the IR labels (resumes from RUN_DIR/irn/checkpoints/last.pt); writes irn/final.pt.
+
+    Several GPUs: torchrun --nproc_per_node=N -m aesipe.train.cli irn RUN_DIR ..."""
+    from .stages.irn import train_irn
+
+    cfg = _resolve(_existing_run(run_dir), recipe, overrides)
+    typer.echo(f"wrote {train_irn(cfg)}")
+
+
+@user_errors(PROG)
+def make_seg_labels(run_dir: RunDir, overrides: Overrides = None, recipe: Recipe = None, split: SplitOption = None) -> None:
+    """Random-walk pseudo-labels from the CAMs and the IRN edge map: RUN_DIR/seg_labels/<split>/ (default: the segmenter's training split)."""
+    from .stages.random_walk import make_seg_labels as run
+
+    cfg = _resolve(_existing_run(run_dir), recipe, overrides)
+    typer.echo(f"wrote {run(cfg, split)}")
+
+
+@user_errors(PROG)
+def seg(run_dir: RunDir, overrides: Overrides = None, recipe: Recipe = None) -> None:
+    """Train DeepLabV3 on the pseudo-labels (resumes from RUN_DIR/seg/checkpoints/last.pt); writes seg/final.pt.
+
+    Several GPUs: torchrun --nproc_per_node=N -m aesipe.train.cli seg RUN_DIR ..."""
+    from .stages.seg import train_seg
+
+    cfg = _resolve(_existing_run(run_dir), recipe, overrides)
+    typer.echo(f"wrote {train_seg(cfg)}")
+
+
+@user_errors(PROG)
+def eval_seg(
+    run_dir: RunDir,
+    overrides: Overrides = None,
+    recipe: Recipe = None,
+    split: SplitOption = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option("--checkpoint", help="Segmenter checkpoint (default: RUN_DIR/seg/final.pt).")
+    ] = None,
+) -> None:
+    """Judge the segmenter on a split with ground truth (default data.eval_split): mIoU table + RUN_DIR/seg_eval.json.
+
+    Multi-scale + flip and CRF: seg.test_scales=0.75,1,1.25 seg.test_flip=true seg.test_crf=true."""
+    from .stages.seg_eval import describe, evaluate_segmenter, save_eval
+
+    cfg = _resolve(_existing_run(run_dir), recipe, overrides)
+    result = evaluate_segmenter(cfg, split, checkpoint)
+    typer.echo(describe(result, "DeepLabV3"))
+    typer.echo(f"wrote {save_eval(cfg, result)}")
+
+
+def _stage_help() -> str:
+    from .pipeline import STAGE_NAMES
+
+    return ", ".join(STAGE_NAMES)
+
+
+@user_errors(PROG)
+def pipeline(
+    run_dir: RunDir,
+    overrides: Overrides = None,
+    recipe: Recipe = None,
+    start: Annotated[Optional[str], typer.Option("--from", help=f"Redo from this stage on ({_stage_help()}).")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="Stop after this stage.")] = None,
+) -> None:
+    """Run every stage in order over RUN_DIR; finished stages are skipped, changed ones redone (RUN_DIR/manifest.json)."""
+    from .pipeline import run_pipeline, summary_lines
+
+    cfg = _resolve(run_dir, recipe, overrides)
+    manifest = run_pipeline(cfg, start, until, echo=typer.echo)
+    lines = summary_lines(manifest)
+    if lines:
+        typer.echo("\n".join(["", "mIoU by stage:", *lines]))
+
+
+@user_errors(PROG)
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data, the run and the labelled images.")] = Path("demo"),
+) -> None:
+    """Synthetic data -> the whole pipeline at CPU size -> export -> label a folder; prints the mIoU of every stage."""
+    from .demo import run_demo
+
+    run_demo(out, echo=typer.echo)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("ir-label")(ir_label)
+    app.command("irn")(irn)
+    app.command("make-seg-labels")(make_seg_labels)
+    app.command("seg")(seg)
+    app.command("eval-seg")(eval_seg)
+    app.command("pipeline")(pipeline)
+    app.command("demo")(demo)

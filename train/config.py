@@ -39,13 +39,15 @@ class ModelConfig:
     no_pretrained: bool = False
     """Start from random init on purpose (tests, synthetic data)."""
     hierarchical_seeds: bool = True
-    """HF switch: structure analysis on hierarchical features (AE-SIPE) instead of last-stage ones (SIPE)."""
+    """HF switch: structure analysis on hierarchical features (AE-SIPE) instead of last-stage ones (SIPE) in
+    training. Inference (make-cam, export) always seeds from the hierarchical features, as both authors' codes do."""
     affinity_enhancement: bool = True
     """AE switch: PAMR-refined seeds -> prototypes -> AE-IS-CAM."""
     iscam_normalisation: bool = True
     """Divide the (AE-)IS-CAM by its per-channel max (+1e-5) (authors' code)."""
     ae_variant: Literal["ae", "extra_pr_is", "pr_is_pamr_pr_is", "pamr_pr_is_pr_is"] = "ae"
-    """Table 3: ae = (PAMR,Pr,IS); extra_pr_is = +(Pr,IS); pr_is_pamr_pr_is; pamr_pr_is_pr_is."""
+    """Table 3, the steps after SIPE's IS-CAM when affinity_enhancement is on: ae = (PAMR,Pr,IS);
+    extra_pr_is = (Pr,IS); pr_is_pamr_pr_is = (Pr,IS,PAMR,Pr,IS); pamr_pr_is_pr_is = (PAMR,Pr,IS,Pr,IS)."""
     background_seed_scale: float = 0.5
     """Background soft-IoU multiplier in structure analysis."""
     pamr_iters: int = 10
@@ -70,7 +72,8 @@ class TrainConfig:
     momentum: float = 0.9
     poly_power: float = 0.9
     reference_optimizer: bool = False
-    """Reproduce the reference code exactly: weight decay passed where SGD expects momentum (momentum=1e-4, wd=0)."""
+    """Reproduce the reference code exactly: its PolyOptimizer passes weight decay where SGD expects momentum,
+    so it trains with momentum = weight_decay (1e-4) while each param group still applies weight_decay."""
     grad_clip: float = 1.0
     gsc_weight: float = 1.0
     amp: bool = True
@@ -125,19 +128,32 @@ class IrLabelConfig:
 
 @dataclass(frozen=True)
 class IrnConfig:
+    """Stage 2 (IRN) recipe of the reference code; the path index works on any crop (crop_size / 4)."""
+
     backbone: Literal["resnet50", "mobilenet_v2"] = "resnet50"
+    """Frozen backbone: ResNet-50 (reference) or MobileNetV2 (CPU-sized runs)."""
     pretrained: str | None = None
+    """Path to ImageNet weights (torchvision state_dict). None: model.pretrained when model.backbone is the
+    same architecture, else the torch hub cache."""
     no_pretrained: bool = False
+    """Random-init backbone on purpose (tests, synthetic data)."""
     crop_size: int = 512
-    resize_long: tuple[int, int] = (320, 640)
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    """Random rescale factor of image and IR label before flip and crop (reference: 0.5-1.5)."""
     batch_size: int = 32
     epochs: int = 3
     max_steps: int | None = None
+    """Stop after this many optimiser steps (overrides epochs when set)."""
     lr: float = 0.1
+    """Edge branch learning rate; the displacement branch uses ``lr * displacement_lr_mult``."""
     displacement_lr_mult: float = 10.0
     weight_decay: float = 1e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    reference_optimizer: bool = False
+    """Reproduce the reference SGD exactly (it passes weight decay where SGD expects momentum)."""
     path_radius: int = 10
-    path_default_size: int = 128
+    """Pairs within this radius on the stride-4 label map (reference: 10 on 128 x 128 = crop 512 / 4)."""
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 10
@@ -147,12 +163,22 @@ class IrnConfig:
 
 @dataclass(frozen=True)
 class RandomWalkConfig:
+    """make-seg-labels: IRN edge map (with flip) -> random walk of the stage-1 maps -> pseudo-labels."""
+
     beta: float = 10.0
     exp_times: int = 8
+    """The transition is applied 2 ** exp_times times."""
     radius: int = 5
     power: float = 1.5
+    """Maps (background included) are raised to this power before the walk."""
     background_threshold: float | None = None
-    """IRN's sem_seg_bg_thres (None: background channel as computed)."""
+    """IRN's sem_seg_bg_thres: walk the foreground maps only and use this constant as background
+    (None: the background map is walked like the others, as SIPE/AE-SIPE do)."""
+    pad_to_crop: bool = True
+    """Zero-pad images up to irn.crop_size for the edge map, as SIPE/AE-SIPE's inference does."""
+    method: Literal["auto", "sparse", "window", "dense"] = "auto"
+    """How to apply the transition (same labels): sparse = CSR product, window = shifted slices (both
+    linear memory), dense = the reference (HW)^2 matrix; auto = sparse on CUDA, window on CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -162,7 +188,15 @@ class SegConfig:
 
     backbone: Literal["resnet101", "resnet50", "mobilenet_v2"] = "resnet101"
     pretrained: str | None = None
+    """ImageNet backbone weights (torchvision state_dict file). None: model.pretrained when model.backbone
+    is the same architecture, else the torch hub cache."""
     no_pretrained: bool = False
+    freeze_bn: bool = False
+    """Keep backbone BatchNorm in eval mode (small batches; weight files with folded BatchNorm)."""
+    label_source: Literal["seg_labels", "pseudo_labels", "ir_labels"] = "seg_labels"
+    """Which pseudo-labels of the run to train on: random-walk labels (default) or earlier ones."""
+    train_split: str | None = None
+    """Split to train on (None: data.cam_split, where the pseudo-labels are made)."""
     crop_size: int = 512
     scale_range: tuple[float, float] = (0.5, 2.0)
     color_jitter: float = 0.2

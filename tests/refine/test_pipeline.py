@@ -1,0 +1,143 @@
+"""The pipeline and the demo, run for real at toy size: manifest, skipping, changed config, resume, errors."""
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aesipe.train.cli import app
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory, tiny_overrides, tiny_synth):
+    """One toy demo run (every stage, export and labelling) shared by this module's tests."""
+    from aesipe.train.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    lines: list[str] = []
+    run_demo(out, overrides=tiny_overrides, synth=tiny_synth, echo=lines.append, export=False,
+             init_steps=2, progress=False)
+    (out / "demo_output.txt").write_text("\n".join(lines))
+    return out
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())["stages"]
+
+
+def _ran(output: str) -> list[str]:
+    """Stages the pipeline ran (progress bars share the captured output, so search anywhere)."""
+    return re.findall(r"\[([a-z0-9-]+)\] running", output)
+
+
+def test_demo_runs_every_stage_and_reports(demo_out):
+    from aesipe.train.pipeline import STAGE_NAMES
+
+    stages = _manifest(demo_out / "run")
+    assert list(stages) == list(STAGE_NAMES)
+    assert all(record["status"] == "done" for record in stages.values())
+    for name in ("eval-cam", "eval-seg-labels", "eval-seg"):
+        assert 0.0 <= stages[name]["metrics"]["miou"] <= 1.0
+    assert stages["irn"]["inputs"] == {"ir-label": stages["ir-label"]["key"]}
+    assert torch.load(demo_out / "run" / "seg" / "final.pt", weights_only=False)["kind"] == "deeplabv3"
+    assert len(list((demo_out / "run" / "seg_labels" / "train").glob("*.png"))) == 10
+    text = (demo_out / "demo_output.txt").read_text()
+    assert "mIoU by stage" in text and "DeepLabV3" in text and "random-walk pseudo-labels" in text
+
+
+@pytest.mark.slow
+def test_demo_exports_and_labels_a_folder(demo_out, tmp_path, tiny_overrides):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("aesipe.export.api")
+    from aesipe.train.demo import _export_and_label, demo_config
+
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(demo_out, out)
+    lines = _export_and_label(demo_config(out, tiny_overrides), out, echo=lambda line: None)
+    assert (out / "segmenter.onnx").is_file(), lines
+    assert len(list((out / "labelled" / "masks").glob("*.png"))) == 4, lines
+    assert len(list((out / "labelled" / "overlays").glob("*.jpg"))) == 4, lines
+
+
+def test_rerun_skips_finished_stages(demo_out):
+    result = runner.invoke(app, ["pipeline", str(demo_out / "run")])
+    assert result.exit_code == 0, result.output
+    assert _ran(result.output) == []
+    assert result.output.count("up to date, skipped") == 9
+    assert "mIoU by stage" in result.output
+
+
+def test_changed_config_redoes_dependents_only(demo_out, tmp_path):
+    import shutil
+
+    run = shutil.copytree(demo_out / "run", tmp_path / "run")
+    before = _manifest(run)
+    result = runner.invoke(app, ["pipeline", str(run), "random_walk.beta=8"])
+    assert result.exit_code == 0, result.output
+    assert _ran(result.output) == ["make-seg-labels", "eval-seg-labels", "seg", "eval-seg"]
+    after = _manifest(run)
+    for name in ("train", "make-cam", "eval-cam", "ir-label", "irn"):
+        assert after[name]["key"] == before[name]["key"] and after[name]["finished"] == before[name]["finished"]
+    for name in ("make-seg-labels", "seg", "eval-seg"):
+        assert after[name]["key"] != before[name]["key"]
+    # evaluation-only settings redo only the evaluation
+    result = runner.invoke(app, ["pipeline", str(run), "seg.test_flip=true"])
+    assert _ran(result.output) == ["eval-seg"]
+    # a runtime-only setting changes nothing
+    result = runner.invoke(app, ["pipeline", str(run), "seg.log_every=5", "data.workers=1"])
+    assert _ran(result.output) == []
+
+
+def test_killed_run_resumes_where_it_stopped(demo_out, tmp_path):
+    import shutil
+
+    run = shutil.copytree(demo_out / "run", tmp_path / "run")
+    manifest_path = run / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    # as if killed during seg after its step-1 checkpoint: record "running", no final.pt, last.pt at step 1
+    manifest["stages"]["seg"]["status"] = "running"
+    for name in ("eval-seg",):
+        del manifest["stages"][name]
+    manifest_path.write_text(json.dumps(manifest))
+    (run / "seg" / "final.pt").unlink()
+    last = torch.load(run / "seg" / "checkpoints" / "last.pt", weights_only=False)
+    step1 = last | {"step": 1}
+    torch.save(step1, run / "seg" / "checkpoints" / "last.pt")
+    result = runner.invoke(app, ["pipeline", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "[seg] resuming an interrupted run" in result.output
+    assert _ran(result.output) == ["seg", "eval-seg"]
+    assert torch.load(run / "seg" / "final.pt", weights_only=False)["step"] == 2
+    assert _manifest(run)["seg"]["status"] == "done"
+
+
+def test_from_and_until(demo_out, tmp_path):
+    import shutil
+
+    run = shutil.copytree(demo_out / "run", tmp_path / "run")
+    result = runner.invoke(app, ["pipeline", str(run), "--from", "seg", "--until", "seg"])
+    assert result.exit_code == 0, result.output
+    assert _ran(result.output) == ["seg"] and "[seg] redone: old outputs removed" in result.output
+    result = runner.invoke(app, ["pipeline", str(run), "--from", "segmenter"])
+    assert result.exit_code == 2 and "--from must name a stage" in result.output
+
+
+def test_demo_toml_mirrors_the_builtin_recipe():
+    from aesipe.config import from_dict
+    from aesipe.train.config import RunConfig
+    from aesipe.train.demo import DEMO_RECIPE
+
+    recipe = tomllib.loads((REPO / "configs" / "demo.toml").read_text())
+    recipe["model"].pop("pretrained")
+    recipe["data"].pop("root")
+    assert from_dict(RunConfig, recipe) == from_dict(RunConfig, DEMO_RECIPE)

@@ -1,0 +1,112 @@
+"""Stage 3: train DeepLabV3 on the run's pseudo-labels (``aesipe-train seg``).
+
+The usual recipe: random rescale (``seg.scale_range``), flip, colour jitter, ImageNet normalisation,
+random crop (labels padded with 255), cross-entropy ignoring 255, SGD with momentum and poly decay, the
+head at ``seg.head_lr_mult`` x the backbone's learning rate; AMP on CUDA, DDP under torchrun.
+Writes ``<run>/seg/checkpoints/last.pt`` (resumable), ``seg/log.csv`` and ``seg/final.pt`` (kind
+``deeplabv3``, with class names and the resolved config: what ``aesipe-export`` needs).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from aesipe.config import from_dict, save_config, to_dict
+from aesipe.models.deeplab import DeepLabV3Segmenter, build_deeplabv3
+from aesipe.utils.errors import UserError
+from aesipe.utils.labelpng import IGNORE_INDEX
+
+from .. import checkpoint as ckpt_io
+from .. import engine
+from ..config import RunConfig
+from .irn import backbone_weights
+from .random_walk import seg_train_split
+
+STAGE_DIR = "seg"
+# Where each label source lives and which command makes it.
+LABEL_SOURCES = {
+    "seg_labels": ("seg_labels", "make-seg-labels"),
+    "pseudo_labels": ("pseudo_labels", "crf"),
+    "ir_labels": ("ir_labels", "ir-label"),
+}
+
+
+def seg_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.run_dir) / STAGE_DIR
+
+
+def training_label_dir(cfg: RunConfig, split: str) -> Path:
+    folder, command = LABEL_SOURCES[cfg.seg.label_source]
+    path = Path(cfg.run_dir) / folder / split
+    if not path.is_dir():
+        raise UserError(f"no training labels in {path}: run `aesipe-train {command} {cfg.run_dir}` first")
+    return path
+
+
+def seg_losses(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    logits = model(batch["image"])
+    loss = F.cross_entropy(logits.float(), batch["label"], ignore_index=IGNORE_INDEX)
+    return {"loss": loss}
+
+
+def total_steps(cfg: RunConfig, num_images: int, world_size: int = 1) -> int:
+    per_epoch = -(-num_images // world_size) // cfg.seg.batch_size
+    steps = cfg.seg.epochs * per_epoch
+    return min(steps, cfg.seg.max_steps) if cfg.seg.max_steps is not None else steps
+
+
+def train_seg(cfg: RunConfig) -> Path:
+    """Train (or resume) the segmenter; returns ``seg/final.pt``."""
+    from aesipe.data import open_dataset
+    from aesipe.data.transforms import SegTrainDataset
+
+    s = cfg.seg
+    split = seg_train_split(cfg)
+    labels = training_label_dir(cfg, split)
+    info = engine.init_distributed(s.device)
+    try:
+        device = engine.select_device(s.device, info.local_rank if info.enabled else None)
+        engine.seed_everything(s.seed)
+        ds = open_dataset(cfg.data, split)
+        dataset = SegTrainDataset(ds, labels, s.crop_size, s.scale_range, flip=True, jitter=s.color_jitter, seed=s.seed)
+        model = build_deeplabv3(
+            ds.num_classes, s.backbone, backbone_weights(cfg, s.backbone, s.pretrained), s.no_pretrained, s.freeze_bn
+        )
+        if info.enabled and device.type == "cuda" and not s.freeze_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs' batches
+        groups = engine.param_groups(
+            [model.backbone.parameters(), model.classifier.parameters()], [s.lr, s.lr * s.head_lr_mult], s.weight_decay
+        )
+        optimizer = engine.build_sgd(groups, s.lr, s.momentum, s.weight_decay)
+        max_steps = total_steps(cfg, len(ds), info.world_size)
+        if max_steps < 1:
+            raise UserError(f"seg: {len(ds)} images make no full batch of seg.batch_size={s.batch_size}")
+        if s.batch_size < 2 and not s.freeze_bn:
+            raise UserError("seg.batch_size=1 cannot train BatchNorm (ASPP pooling sees one value): use 2+ or seg.freeze_bn=true")
+        scheduler = engine.make_poly_scheduler(optimizer, max_steps, s.poly_power)
+        spec = engine.LoopSpec(
+            stage_dir=seg_dir(cfg), kind="deeplabv3", max_steps=max_steps, batch_size=s.batch_size,
+            checkpoint_every=s.checkpoint_every, log_every=s.log_every, amp=s.amp, seed=s.seed,
+            workers=cfg.data.workers, desc="seg",
+        )
+        if info.is_main:
+            save_config(cfg, Path(cfg.run_dir) / "config.toml")
+        return engine.train_loop(model, optimizer, scheduler, dataset, seg_losses, spec, device, to_dict(cfg),
+                                 ds.class_names, info)  # fmt: skip
+    finally:
+        engine.shutdown_distributed()
+
+
+def load_segmenter(cfg: RunConfig, checkpoint: str | Path | None = None) -> tuple[DeepLabV3Segmenter, list[str]]:
+    """The trained segmenter (eval mode) and its class names (background first)."""
+    path = Path(checkpoint) if checkpoint else seg_dir(cfg) / ckpt_io.FINAL_NAME
+    if not path.is_file():
+        raise UserError(f"no segmenter checkpoint at {path}: run `aesipe-train seg {cfg.run_dir}` first")
+    state = ckpt_io.load_checkpoint(path, kind="deeplabv3")
+    trained = from_dict(RunConfig, state["config"])
+    class_names = list(state["class_names"])
+    model = build_deeplabv3(len(class_names) - 1, trained.seg.backbone, no_pretrained=True)
+    model.load_state_dict(state["model"])
+    return model.eval(), class_names
