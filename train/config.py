@@ -37,7 +37,8 @@ class ModelConfig:
     pretrained: str | None = None
     """Path to ImageNet weights for the backbone (torchvision state_dict). None: torch hub cache if present."""
     no_pretrained: bool = False
-    """Start from random init on purpose (tests, synthetic data)."""
+    """Start from random init on purpose (tests, synthetic data); the backbone's BatchNorm then trains
+    (there are no ImageNet statistics to keep frozen)."""
     hierarchical_seeds: bool = True
     """HF switch: structure analysis on hierarchical features (AE-SIPE) instead of last-stage ones (SIPE) in
     training. Inference (make-cam, export) always seeds from the hierarchical features, as both authors' codes do."""

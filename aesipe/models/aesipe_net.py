@@ -39,6 +39,7 @@ class AESIPENet(nn.Module):
         backbone: str = "resnet50",
         pretrained: str | None = None,
         no_pretrained: bool = False,
+        train_bn: bool = False,
         hierarchical_seeds: bool = True,
         affinity_enhancement: bool = True,
         iscam_normalisation: bool = True,
@@ -54,8 +55,12 @@ class AESIPENet(nn.Module):
         if ae_variant not in AE_PROGRAMS:
             raise ValueError(f"ae_variant must be one of {sorted(AE_PROGRAMS)}, got {ae_variant!r}")
         self.num_classes = num_classes
-        # SIPE: stem + layer1 + layer2 frozen and detached, layer3/4 train.
-        self.backbone = build_backbone(backbone, pretrained, no_pretrained, output_stride=16, trainable_from=2)
+        # SIPE: stem + layer1 + layer2 frozen and detached, layer3/4 train. BatchNorm is frozen to keep
+        # ImageNet statistics; a random-init network has none to keep (frozen identity statistics shrink
+        # the activations ~10x per stage until the classifier sees zeros), so it trains its BatchNorm.
+        self.backbone = build_backbone(
+            backbone, pretrained, no_pretrained, output_stride=16, trainable_from=2, freeze_bn=not train_bn
+        )
         self.side = nn.ModuleList(
             nn.Conv2d(cin, cout, 1, bias=False) for cin, cout in zip(self.backbone.channels, SIDE_CHANNELS[backbone])
         )
@@ -182,6 +187,7 @@ def build_aesipe(cfg, num_classes: int, backbone_weights: bool = True) -> AESIPE
         backbone=m.backbone,
         pretrained=m.pretrained,
         no_pretrained=m.no_pretrained or not backbone_weights,
+        train_bn=m.no_pretrained,  # from the config, not from backbone_weights: checkpoints must match
         hierarchical_seeds=m.hierarchical_seeds,
         affinity_enhancement=m.affinity_enhancement,
         iscam_normalisation=m.iscam_normalisation,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -117,3 +118,32 @@ def test_make_cam_without_a_checkpoint_is_a_clear_error(tmp_path, make_cfg):
 
     with pytest.raises(UserError, match="run `aesipe-train train"):
         make_cams(make_cfg(tmp_path / "empty"), "val")
+
+
+def test_random_init_mobilenet_learns_because_its_batchnorm_trains(make_cfg, tmp_path):
+    """Frozen identity BatchNorm on random weights shrinks activations until the class scores are 0 and the
+    loss sits at ln 2; a random-init network therefore trains its BatchNorm (ImageNet-initialised ones keep
+    theirs frozen)."""
+    from aesipe.models.aesipe_net import build_aesipe
+
+    torch.manual_seed(0)
+    random_init = build_aesipe(make_cfg(tmp_path / "r"), 3)  # tiny_overrides: model.no_pretrained=true
+    frozen = AESIPENet(3, "mobilenet_v2", no_pretrained=True, pamr_backend="reference")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in random_init.backbone.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.backbone.modules())
+    image = torch.randn(4, 3, 48, 48)
+    assert frozen.backbone(image)[3].abs().max() < 1e-3  # the failure this guards against
+    assert random_init.train().backbone(image)[3].std() > 0.1
+
+    batch = {"image": image, "labels": torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]]),
+             "valid": torch.ones(4, 48, 48)}
+    backbone, new = random_init.parameter_groups()
+    opt = engine.build_sgd(engine.param_groups([backbone, new], [0.01, 0.1], 1e-4), 0.01, 0.9, 1e-4)
+    losses = []
+    for _ in range(5):
+        out = stage1.stage1_losses(random_init, batch)
+        losses.append(out["loss_cls"].item())
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert losses[-1] < losses[0] - 0.01 and losses[-1] < math.log(2) - 0.01
