@@ -62,7 +62,11 @@ def _run_train(cfg: RunConfig) -> dict:
 def _run_make_cam(cfg: RunConfig) -> dict:
     from .stages.make_cam import make_cams
 
-    for split in _splits(cfg, "train", "seg", "cam"):
+    from aesipe.data import resolve_split
+
+    # One pass per set of images: a folder dataset's train_aug is its train (the CAM folder is shared).
+    by_images = {resolve_split(cfg.data, split): split for split in _splits(cfg, "train", "seg", "cam")}
+    for split in by_images.values():
         make_cams(cfg, split)
     return {}
 

@@ -147,3 +147,11 @@ def test_random_init_mobilenet_learns_because_its_batchnorm_trains(make_cfg, tmp
         out["loss"].backward()
         opt.step()
     assert losses[-1] < losses[0] - 0.01 and losses[-1] < math.log(2) - 0.01
+
+
+def test_train_aug_of_a_folder_dataset_shares_the_train_cam_files(make_cfg, tmp_path):
+    from aesipe.train.stages.evaluate import cam_dir
+
+    cfg = make_cfg(tmp_path / "run")
+    assert cam_dir(cfg, "train_aug") == cam_dir(cfg, "train") == tmp_path / "run" / "cams" / "train"
+    assert cam_dir(cfg, "val") != cam_dir(cfg, "train")

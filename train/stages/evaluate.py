@@ -38,7 +38,11 @@ EVAL_FILE = "cam_eval.json"
 
 
 def cam_dir(cfg: RunConfig, split: str) -> Path:
-    return Path(cfg.run_dir) / "cams" / split
+    """``<run>/cams/<split>``, named by the split really read: a folder dataset's ``train_aug`` is its
+    ``train``, and the two share one set of CAM files instead of computing them twice."""
+    from aesipe.data import resolve_split
+
+    return Path(cfg.run_dir) / "cams" / resolve_split(cfg.data, split)
 
 
 def load_cam_file(path: Path, map_key: MapKey = "maps") -> tuple[np.ndarray, np.ndarray]:

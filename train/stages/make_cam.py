@@ -27,11 +27,8 @@ from aesipe.utils.errors import UserError
 from .. import checkpoint as ckpt_io
 from .. import engine
 from ..config import RunConfig
+from .evaluate import cam_dir
 from .stage1 import final_checkpoint_path
-
-
-def cam_output_dir(cfg: RunConfig, split: str) -> Path:
-    return Path(cfg.run_dir) / "cams" / split
 
 
 def load_stage1_model(cfg: RunConfig, checkpoint: str | Path | None = None) -> tuple[torch.nn.Module, list[str]]:
@@ -103,7 +100,7 @@ def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path |
         raise UserError(f"the checkpoint's classes {class_names} differ from the dataset's {list(ds.class_names)}")
     device = engine.select_device(cfg.train.device)
     model.to(device)
-    out_dir = cam_output_dir(cfg, split)
+    out_dir = cam_dir(cfg, split)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [i for i in ds.ids if not (out_dir / f"{i}.npz").is_file()]
     for image_id in tqdm(todo, desc=f"make-cam {split}", disable=not progress, dynamic_ncols=True):
