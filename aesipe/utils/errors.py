@@ -19,10 +19,6 @@ class UserError(Exception):
         self.exit_code = exit_code
 
 
-def fail(message: str, exit_code: int = 2) -> "NoReturn":  # noqa: F821
-    raise UserError(message, exit_code)
-
-
 def run_cli(app: Callable[[], object], prog: str) -> None:
     """Run a Typer app; user errors become ``prog: error: <message>`` and an exit code, never a traceback."""
     from .. import config as _config

@@ -8,7 +8,7 @@ import torch
 
 from aesipe.config import from_dict, to_dict
 from aesipe.train import checkpoint as ckpt_io
-from aesipe.train import engine
+from aesipe.train import engine, loop
 from aesipe.train.config import RunConfig
 from aesipe.utils.errors import UserError
 
@@ -75,11 +75,11 @@ def test_resumable_sampler_resumes_mid_epoch_and_shards():
 
 def test_metric_logger_drops_rows_past_the_resumed_step(tmp_path):
     path = tmp_path / "log.csv"
-    logger = engine.MetricLogger(path, tensorboard=False)
+    logger = loop.MetricLogger(path, tensorboard=False)
     for step in range(1, 6):
         logger.log(step, {"loss": float(step)})
     logger.close()
-    resumed = engine.MetricLogger(path, resume_step=3, tensorboard=False)
+    resumed = loop.MetricLogger(path, resume_step=3, tensorboard=False)
     resumed.log(4, {"loss": 40.0, "extra": 1.0})
     resumed.close()
     rows = list(csv.DictReader(path.open()))

@@ -20,7 +20,7 @@ from aesipe.models.path_index import PathIndex, path_index
 from aesipe.utils.errors import UserError
 
 from .. import checkpoint as ckpt_io
-from .. import engine
+from .. import engine, loop
 from ..config import RunConfig
 
 STAGE_DIR = "irn"
@@ -117,14 +117,14 @@ def train_irn(cfg: RunConfig) -> Path:
         if max_steps < 1:
             raise UserError(f"irn: {len(ds)} images make no full batch of irn.batch_size={c.batch_size}")
         scheduler = engine.make_poly_scheduler(optimizer, max_steps, c.poly_power)
-        spec = engine.LoopSpec(
+        spec = loop.LoopSpec(
             stage_dir=irn_dir(cfg), kind="irn", max_steps=max_steps, batch_size=c.batch_size,
             checkpoint_every=c.checkpoint_every, log_every=c.log_every, amp=c.amp, seed=c.seed,
             workers=cfg.data.workers, desc="irn",
         )
         if info.is_main:
             save_config(cfg, Path(cfg.run_dir) / "config.toml")
-        return engine.train_loop(
+        return loop.train_loop(
             model, optimizer, scheduler, dataset, lambda net, batch: irn_batch_losses(net, batch, index),
             spec, device, to_dict(cfg), ds.class_names, info,
         )

@@ -19,7 +19,7 @@ from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
 
 from .. import checkpoint as ckpt_io
-from .. import engine
+from .. import engine, loop
 from ..config import RunConfig
 from .irn import backbone_weights
 from .random_walk import seg_train_split
@@ -86,14 +86,14 @@ def train_seg(cfg: RunConfig) -> Path:
         if s.batch_size < 2 and not s.freeze_bn:
             raise UserError("seg.batch_size=1 cannot train BatchNorm (ASPP pooling sees one value): use 2+ or seg.freeze_bn=true")
         scheduler = engine.make_poly_scheduler(optimizer, max_steps, s.poly_power)
-        spec = engine.LoopSpec(
+        spec = loop.LoopSpec(
             stage_dir=seg_dir(cfg), kind="deeplabv3", max_steps=max_steps, batch_size=s.batch_size,
             checkpoint_every=s.checkpoint_every, log_every=s.log_every, amp=s.amp, seed=s.seed,
             workers=cfg.data.workers, desc="seg",
         )
         if info.is_main:
             save_config(cfg, Path(cfg.run_dir) / "config.toml")
-        return engine.train_loop(model, optimizer, scheduler, dataset, seg_losses, spec, device, to_dict(cfg),
+        return loop.train_loop(model, optimizer, scheduler, dataset, seg_losses, spec, device, to_dict(cfg),
                                  ds.class_names, info)  # fmt: skip
     finally:
         engine.shutdown_distributed()

@@ -15,7 +15,7 @@ from aesipe.config import save_config, to_dict
 from aesipe.models import sipe_modules as sm
 from aesipe.models.aesipe_net import build_aesipe
 
-from .. import engine
+from .. import engine, loop
 from ..config import RunConfig
 
 STAGE_DIR = "stage1"
@@ -64,14 +64,14 @@ def train_stage1(cfg: RunConfig) -> Path:
         optimizer = engine.build_sgd(groups, t.lr, t.momentum, t.weight_decay, reference=t.reference_optimizer)
         max_steps = total_steps(cfg, len(ds), info.world_size)
         scheduler = engine.make_poly_scheduler(optimizer, max_steps, t.poly_power)
-        spec = engine.LoopSpec(
+        spec = loop.LoopSpec(
             stage_dir=stage1_dir(cfg), kind="aesipe", max_steps=max_steps, batch_size=t.batch_size,
             checkpoint_every=t.checkpoint_every, log_every=t.log_every, grad_clip=t.grad_clip, amp=t.amp,
             seed=t.seed, workers=cfg.data.workers, desc="stage1",
         )
         if info.is_main:
             save_config(cfg, Path(cfg.run_dir) / "config.toml")
-        return engine.train_loop(
+        return loop.train_loop(
             model, optimizer, scheduler, dataset,
             lambda net, batch: stage1_losses(net, batch, t.gsc_weight),
             spec, device, to_dict(cfg), ds.class_names, info,
