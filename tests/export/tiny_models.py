@@ -6,6 +6,7 @@ The stand-ins honour the real builders' contracts (``forward(x) -> [B, 1+C, h, w
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -54,13 +55,20 @@ def tiny_config() -> RunConfig:
     return dataclasses.replace(cfg, model=model)
 
 
-def install_builders() -> dict:
+@contextlib.contextmanager
+def builders_installed():
+    """The tiny stand-ins replace the real builders for ``deeplabv3``/``aesipe`` checkpoints, only inside
+    the block: the registry is global, and other folders' tests (the demo's export) need the real ones."""
     from aesipe.export import sources
 
     saved = dict(sources.BUILDERS)
     sources.BUILDERS["deeplabv3"] = lambda cfg, c: TinySegmenter(c)
     sources.BUILDERS["aesipe"] = lambda cfg, c: TinyAesipe(c)
-    return saved
+    try:
+        yield
+    finally:
+        sources.BUILDERS.clear()
+        sources.BUILDERS.update(saved)
 
 
 def save_checkpoint(path: Path, kind: str, net: nn.Module, cfg: RunConfig | None = None,
@@ -90,7 +98,8 @@ def exported(base: Path, what: str, fmt: str) -> Path:
         if not (run / "seg" / "final.pt").exists():
             make_run(run)
         suffix = ".onnx" if fmt == "onnx" else ".pt"
-        _cache[key] = export_model(run, base / f"{what}{suffix}", format=fmt, what=what, log=lambda m: None)
+        with builders_installed():
+            _cache[key] = export_model(run, base / f"{what}{suffix}", format=fmt, what=what, log=lambda m: None)
     return _cache[key]
 
 
@@ -104,16 +113,12 @@ def smooth_rgb(height: int, width: int, seed: int = 0):
     return np.asarray(coarse.resize((width, height), Image.Resampling.BILINEAR))
 
 
-# Session fixtures shared by tests/export and tests/infer: each conftest re-exports them, so the tiny
-# models are exported once per session whichever folder asks first.
-@pytest.fixture(scope="session", autouse=True)
+# Fixtures shared by tests/export and tests/infer (each conftest re-exports them): the tiny models are
+# exported once per session whichever folder asks first.
+@pytest.fixture(autouse=True)
 def tiny_builders():
-    from aesipe.export import sources
-
-    saved = install_builders()
-    yield
-    sources.BUILDERS.clear()
-    sources.BUILDERS.update(saved)
+    with builders_installed():
+        yield
 
 
 @pytest.fixture(scope="session")
