@@ -123,8 +123,12 @@ def hub_cache_file(name: str) -> Path | None:
     return None
 
 
-def load_imagenet_weights(backbone: Backbone, path: str | Path) -> None:
-    """Load a torchvision ImageNet state_dict with strict key checking (the ImageNet head is ignored)."""
+def load_state_dict_file(module: nn.Module, path: str | Path, to_module_keys, what: str) -> None:
+    """Load a torchvision ImageNet state_dict file into ``module``, strictly.
+
+    ``to_module_keys(state_dict) -> state_dict`` maps torchvision's names to the module's (dropping the
+    ImageNet head). Every module key must be filled and every kept file key used; BatchNorm's
+    ``num_batches_tracked`` counters may be absent. Problems end as one ``UserError`` line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pretrained weights not found: {path}")
@@ -136,14 +140,19 @@ def load_imagenet_weights(backbone: Backbone, path: str | Path) -> None:
         raw = raw["state_dict"]
     if not isinstance(raw, dict):
         raise UserError(f"{path} does not hold a state_dict")
-    result = backbone.load_state_dict(torchvision_to_backbone_keys(backbone.name, raw), strict=False)
+    result = module.load_state_dict(to_module_keys(raw), strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
         raise UserError(
-            f"{path} does not match a torchvision {backbone.name}: {len(missing)} missing, "
+            f"{path} does not match a torchvision {what}: {len(missing)} missing, "
             f"{len(result.unexpected_keys)} unexpected keys ({detail})"
         )
+
+
+def load_imagenet_weights(backbone: Backbone, path: str | Path) -> None:
+    """Load a torchvision ImageNet state_dict with strict key checking (the ImageNet head is ignored)."""
+    load_state_dict_file(backbone, path, lambda raw: torchvision_to_backbone_keys(backbone.name, raw), backbone.name)
 
 
 def build_backbone(

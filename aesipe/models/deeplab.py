@@ -24,7 +24,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
 from aesipe.utils.errors import UserError
 
-from .backbones import hub_cache_file
+from .backbones import hub_cache_file, load_state_dict_file
 
 BACKBONES = ("resnet101", "resnet50", "mobilenet_v2")
 _MOBILENET_FEATURES = 18  # features[0:18]: the last inverted-residual block gives 320 channels
@@ -94,24 +94,7 @@ def _torchvision_keys(backbone: str, state_dict: dict[str, torch.Tensor]) -> dic
 
 def load_backbone_weights(module: nn.Module, backbone: str, path: str | Path) -> None:
     """Load a torchvision ImageNet state_dict file into the segmenter's backbone (strict on the backbone)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pretrained weights not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read pretrained weights {path}: {type(exc).__name__}") from None
-    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
-        raw = raw["state_dict"]
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} does not hold a state_dict")
-    result = module.load_state_dict(_torchvision_keys(backbone, raw), strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise UserError(
-            f"{path} does not match a torchvision {backbone}: {len(missing)} missing, "
-            f"{len(result.unexpected_keys)} unexpected keys"
-        )
+    load_state_dict_file(module, path, lambda raw: _torchvision_keys(backbone, raw), backbone)
 
 
 def build_deeplabv3(
