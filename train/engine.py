@@ -135,6 +135,13 @@ def seed_worker(worker_id: int) -> None:
 
 
 # ---------------------------------------------------------------- optimisation
+def total_steps(num_images: int, batch_size: int, epochs: int, max_steps: int | None, world_size: int = 1) -> int:
+    """Optimiser steps of a run: epochs x full batches per epoch (per process), capped by ``max_steps``."""
+    per_epoch = -(-num_images // world_size) // batch_size
+    steps = epochs * per_epoch
+    return min(steps, max_steps) if max_steps is not None else steps
+
+
 def poly_lr_lambda(max_steps: int, power: float = 0.9):
     """``lr = base * (1 - step / max_steps) ** power`` (the reference PolyOptimizer's schedule)."""
     return lambda step: (1.0 - min(step, max_steps) / max(max_steps, 1)) ** power

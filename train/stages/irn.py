@@ -85,12 +85,6 @@ def check_crop(cfg: RunConfig) -> PathIndex:
     return index
 
 
-def total_steps(cfg: RunConfig, num_images: int, world_size: int = 1) -> int:
-    per_epoch = -(-num_images // world_size) // cfg.irn.batch_size
-    steps = cfg.irn.epochs * per_epoch
-    return min(steps, cfg.irn.max_steps) if cfg.irn.max_steps is not None else steps
-
-
 def train_irn(cfg: RunConfig) -> Path:
     """Train (or resume) IRN on ``ir_labels/<data.train_split>``; returns ``irn/final.pt``."""
     from aesipe.data import open_dataset
@@ -113,7 +107,7 @@ def train_irn(cfg: RunConfig) -> Path:
         edge_params, dp_params = model.trainable_parameters()
         groups = engine.param_groups([edge_params, dp_params], [c.lr, c.lr * c.displacement_lr_mult], c.weight_decay)
         optimizer = engine.build_sgd(groups, c.lr, c.momentum, c.weight_decay, reference=c.reference_optimizer)
-        max_steps = total_steps(cfg, len(ds), info.world_size)
+        max_steps = engine.total_steps(len(ds), c.batch_size, c.epochs, c.max_steps, info.world_size)
         if max_steps < 1:
             raise UserError(f"irn: {len(ds)} images make no full batch of irn.batch_size={c.batch_size}")
         scheduler = engine.make_poly_scheduler(optimizer, max_steps, c.poly_power)

@@ -51,12 +51,6 @@ def seg_losses(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
     return {"loss": loss}
 
 
-def total_steps(cfg: RunConfig, num_images: int, world_size: int = 1) -> int:
-    per_epoch = -(-num_images // world_size) // cfg.seg.batch_size
-    steps = cfg.seg.epochs * per_epoch
-    return min(steps, cfg.seg.max_steps) if cfg.seg.max_steps is not None else steps
-
-
 def train_seg(cfg: RunConfig) -> Path:
     """Train (or resume) the segmenter; returns ``seg/final.pt``."""
     from aesipe.data import open_dataset
@@ -80,7 +74,7 @@ def train_seg(cfg: RunConfig) -> Path:
             [model.backbone.parameters(), model.classifier.parameters()], [s.lr, s.lr * s.head_lr_mult], s.weight_decay
         )
         optimizer = engine.build_sgd(groups, s.lr, s.momentum, s.weight_decay)
-        max_steps = total_steps(cfg, len(ds), info.world_size)
+        max_steps = engine.total_steps(len(ds), s.batch_size, s.epochs, s.max_steps, info.world_size)
         if max_steps < 1:
             raise UserError(f"seg: {len(ds)} images make no full batch of seg.batch_size={s.batch_size}")
         if s.batch_size < 2 and not s.freeze_bn:

@@ -37,13 +37,6 @@ def stage1_losses(model: torch.nn.Module, batch: dict, gsc_weight: float = 1.0) 
     return {"loss": cls + gsc_weight * gsc, "loss_cls": cls, "loss_gsc": gsc}
 
 
-def total_steps(cfg: RunConfig, num_images: int, world_size: int = 1) -> int:
-    """Optimiser steps of the run: epochs x full batches per epoch, capped by ``train.max_steps``."""
-    per_epoch = -(-num_images // world_size) // cfg.train.batch_size
-    steps = cfg.train.epochs * per_epoch
-    return min(steps, cfg.train.max_steps) if cfg.train.max_steps is not None else steps
-
-
 def train_stage1(cfg: RunConfig) -> Path:
     """Train (or resume) the stage-1 network of ``cfg``; returns the final checkpoint path."""
     from aesipe.data import open_dataset
@@ -62,7 +55,7 @@ def train_stage1(cfg: RunConfig) -> Path:
             [backbone_params, new_params], [t.lr, t.lr * t.new_layer_lr_mult], t.weight_decay
         )
         optimizer = engine.build_sgd(groups, t.lr, t.momentum, t.weight_decay, reference=t.reference_optimizer)
-        max_steps = total_steps(cfg, len(ds), info.world_size)
+        max_steps = engine.total_steps(len(ds), t.batch_size, t.epochs, t.max_steps, info.world_size)
         scheduler = engine.make_poly_scheduler(optimizer, max_steps, t.poly_power)
         spec = loop.LoopSpec(
             stage_dir=stage1_dir(cfg), kind="aesipe", max_steps=max_steps, batch_size=t.batch_size,
