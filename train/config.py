@@ -54,6 +54,21 @@ class ModelConfig:
     pamr_iters: int = 10
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
     pamr_backend: Literal["auto", "fused", "reference"] = "auto"
+    freeze_bn_affine: bool = False
+    """Also freeze the BatchNorm scale/shift of the trainable stages (layer3/4). The authors freeze only the
+    statistics and train scale/shift with the backbone (the default). Ignored with no_pretrained."""
+    mask_ae_seeds: bool = False
+    """Mask the AE seeds (argmax of the PAMR-refined map) by the crop-valid mask in training. The authors
+    do not: padding pixels then join a class, usually background (the default)."""
+    ae_align_corners: bool = True
+    """Resize the image to 1/4 and the refined map back with align_corners=True, as the authors do; False
+    makes the round trip inexact at the borders (aesipe 0.1)."""
+
+
+PAPER_LR = 0.01
+"""Backbone lr of the paper (new layers x10) with momentum 0.9: about the effective step of the code."""
+REFERENCE_LR = 0.1
+"""Backbone lr of the authors' code, which trains with momentum 1e-4 (see ``reference_optimizer``)."""
 
 
 @dataclass(frozen=True)
@@ -66,15 +81,17 @@ class TrainConfig:
     """Stop after this many optimiser steps (overrides epochs when set)."""
     crop_size: int = 512
     resize_long: tuple[int, int] = (320, 640)
-    lr: float = 0.1
-    """Backbone learning rate; new layers use ``lr * new_layer_lr_mult``."""
+    lr: float | None = None
+    """Backbone learning rate; new layers use ``lr * new_layer_lr_mult``. None: the paper's 0.01, or the
+    code's 0.1 when ``reference_optimizer`` is on (the two have about the same effective step)."""
     new_layer_lr_mult: float = 10.0
     weight_decay: float = 1e-4
     momentum: float = 0.9
     poly_power: float = 0.9
     reference_optimizer: bool = False
     """Reproduce the reference code exactly: its PolyOptimizer passes weight decay where SGD expects momentum,
-    so it trains with momentum = weight_decay (1e-4) while each param group still applies weight_decay."""
+    so it trains with momentum = weight_decay (1e-4) while each param group still applies weight_decay;
+    with lr unset it also takes the code's lr 0.1."""
     grad_clip: float = 1.0
     gsc_weight: float = 1.0
     amp: bool = True
@@ -145,14 +162,16 @@ class IrnConfig:
     epochs: int = 3
     max_steps: int | None = None
     """Stop after this many optimiser steps (overrides epochs when set)."""
-    lr: float = 0.1
-    """Edge branch learning rate; the displacement branch uses ``lr * displacement_lr_mult``."""
+    lr: float | None = None
+    """Edge branch learning rate; the displacement branch uses ``lr * displacement_lr_mult``. None: 0.01
+    with momentum 0.9, or the code's 0.1 when ``reference_optimizer`` is on (same effective step)."""
     displacement_lr_mult: float = 10.0
     weight_decay: float = 1e-4
     momentum: float = 0.9
     poly_power: float = 0.9
     reference_optimizer: bool = False
-    """Reproduce the reference SGD exactly (it passes weight decay where SGD expects momentum)."""
+    """Reproduce the reference SGD exactly (it passes weight decay where SGD expects momentum, so momentum is
+    1e-4); with lr unset it also takes the code's lr 0.1."""
     path_radius: int = 10
     """Pairs within this radius on the stride-4 label map (reference: 10 on 128 x 128 = crop 512 / 4)."""
     seed: int = 0

@@ -165,6 +165,16 @@ def param_groups(
     return out
 
 
+def resolve_lr(lr: float | None, reference: bool) -> float:
+    """A stage's backbone lr: as given, else the paper's 0.01 (momentum 0.9) or, reproducing the authors'
+    optimiser, the code's 0.1 (momentum 1e-4): about the same effective step lr / (1 - momentum)."""
+    from aesipe.train.config import PAPER_LR, REFERENCE_LR
+
+    if lr is not None:
+        return float(lr)
+    return REFERENCE_LR if reference else PAPER_LR
+
+
 def build_sgd(groups: list[dict], lr: float, momentum: float, weight_decay: float, reference: bool = False):
     """SGD over ``groups`` (each with its own lr and weight_decay).
 

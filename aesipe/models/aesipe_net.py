@@ -39,7 +39,7 @@ class AESIPENet(nn.Module):
         backbone: str = "resnet50",
         pretrained: str | None = None,
         no_pretrained: bool = False,
-        train_bn: bool = False,
+        bn: str = "frozen_stats",
         hierarchical_seeds: bool = True,
         affinity_enhancement: bool = True,
         iscam_normalisation: bool = True,
@@ -48,6 +48,8 @@ class AESIPENet(nn.Module):
         pamr_iters: int = 10,
         pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24),
         pamr_backend: str = "auto",
+        mask_ae_seeds: bool = False,
+        ae_align_corners: bool = True,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
     ):
@@ -55,12 +57,11 @@ class AESIPENet(nn.Module):
         if ae_variant not in AE_PROGRAMS:
             raise ValueError(f"ae_variant must be one of {sorted(AE_PROGRAMS)}, got {ae_variant!r}")
         self.num_classes = num_classes
-        # SIPE: stem + layer1 + layer2 frozen and detached, layer3/4 train. BatchNorm is frozen to keep
-        # ImageNet statistics; a random-init network has none to keep (frozen identity statistics shrink
-        # the activations ~10x per stage until the classifier sees zeros), so it trains its BatchNorm.
-        self.backbone = build_backbone(
-            backbone, pretrained, no_pretrained, output_stride=16, trainable_from=2, freeze_bn=not train_bn
-        )
+        # SIPE: stem + layer1 + layer2 frozen and detached, layer3/4 train. BatchNorm keeps the ImageNet
+        # statistics (``bn``: the scale/shift of layer3/4 train with them, or are frozen too); a random-init
+        # network has no statistics to keep (frozen identity statistics shrink the activations ~10x per
+        # stage until the classifier sees zeros), so it is built with bn="train".
+        self.backbone = build_backbone(backbone, pretrained, no_pretrained, output_stride=16, trainable_from=2, bn=bn)
         self.side = nn.ModuleList(
             nn.Conv2d(cin, cout, 1, bias=False) for cin, cout in zip(self.backbone.channels, SIDE_CHANNELS[backbone])
         )
@@ -70,6 +71,8 @@ class AESIPENet(nn.Module):
         self.iscam_normalisation = iscam_normalisation
         self.background_seed_scale = background_seed_scale
         self.pamr_iters, self.pamr_dilations, self.pamr_backend = pamr_iters, tuple(pamr_dilations), pamr_backend
+        self.mask_ae_seeds = mask_ae_seeds
+        self.ae_align_corners = ae_align_corners
         # [0,1] scale: PAMR only needs RGB up to a constant factor (it is scale-invariant).
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -96,27 +99,35 @@ class AESIPENet(nn.Module):
 
     # ------------------------------------------------------------------ the map pipeline
     def _refine_with_pamr(self, image: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        """PAMR on the de-normalised image at 1/4 size; result resized back to the maps' size. No gradient."""
+        """PAMR on the de-normalised image at 1/4 size; result resized back to the maps' size. No gradient.
+
+        Both resizes use ``align_corners=True`` as the authors' code does (``ae_align_corners``); with
+        False the 1/4 -> stride-16 round trip is not the identity at the borders."""
+        corners = self.ae_align_corners
         with torch.no_grad(), sm.float32_region(image.device.type):
             rgb = image.detach().float() * self.std + self.mean
             h, w = image.shape[-2:]
-            rgb = F.interpolate(rgb, size=(h // 4, w // 4), mode="bilinear", align_corners=False)
+            rgb = F.interpolate(rgb, size=(h // 4, w // 4), mode="bilinear", align_corners=corners)
             refined = pamr(rgb, maps.detach().float(), self.pamr_iters, self.pamr_dilations, self.pamr_backend)
-            refined = F.interpolate(refined, size=maps.shape[-2:], mode="bilinear", align_corners=False)
+            refined = F.interpolate(refined, size=maps.shape[-2:], mode="bilinear", align_corners=corners)
         return refined.to(maps.dtype)
 
     def _pipeline(
         self, image: torch.Tensor, cam: torch.Tensor, seed_features: torch.Tensor, hie: torch.Tensor,
-        label_mask: torch.Tensor,
+        label_mask: torch.Tensor, tag_mask: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
+        """``label_mask``: tags x crop-valid mask (training) or tags; ``tag_mask``: tags only [B, 1+C, 1, 1]."""
         seeds = sm.structure_seeds(cam, seed_features, label_mask, self.background_seed_scale)
         iscam = sm.reactivate(sm.prototypes(seeds, hie), hie)
         current = iscam
+        # The authors take the AE seeds' argmax without the crop-valid mask: padding pixels join a class
+        # (usually background) and shape its prototype. ``mask_ae_seeds`` masks them instead.
+        ae_seed_mask = label_mask if self.mask_ae_seeds else tag_mask
         for step in self.program:
             if step == "pamr":
                 current = self._refine_with_pamr(image, current)
             else:  # "pr_is"
-                seeds = sm.one_hot_argmax(current, label_mask)
+                seeds = sm.one_hot_argmax(current, ae_seed_mask)
                 current = sm.reactivate(sm.prototypes(seeds, hie), hie)
         out = {"cam": cam, "iscam": iscam}
         if self.has_ae:
@@ -138,13 +149,14 @@ class AESIPENet(nn.Module):
         last, hie = self._features(image)
         logits = self.classifier(last)
         score = logits.mean(dim=(2, 3))
-        label_mask = _label_mask(labels, logits)
+        tag_mask = _label_mask(labels, logits)
+        label_mask = tag_mask
         if valid is not None:
             low = F.interpolate(valid[:, None].to(logits.dtype), size=logits.shape[-2:], mode="nearest")
-            label_mask = label_mask * low
+            label_mask = tag_mask * low
         cam = sm.cam_with_background(logits) * label_mask
         seed_features = hie if self.hierarchical_seeds else last
-        out = self._pipeline(image, cam, seed_features, hie, label_mask)
+        out = self._pipeline(image, cam, seed_features, hie, label_mask, tag_mask)
         out["score"] = score
         return out
 
@@ -167,7 +179,7 @@ class AESIPENet(nn.Module):
             last, hie = self._features(image)
             logits = self.classifier(last)
         label_mask = _label_mask(labels, logits)
-        out = self._pipeline(image, sm.cam_with_background(logits), hie, hie, label_mask)
+        out = self._pipeline(image, sm.cam_with_background(logits), hie, hie, label_mask, label_mask)
         out.pop("final")
         return out
 
@@ -187,7 +199,8 @@ def build_aesipe(cfg, num_classes: int, backbone_weights: bool = True) -> AESIPE
         backbone=m.backbone,
         pretrained=m.pretrained,
         no_pretrained=m.no_pretrained or not backbone_weights,
-        train_bn=m.no_pretrained,  # from the config, not from backbone_weights: checkpoints must match
+        # From the config, not from backbone_weights: a checkpoint must meet the model it was trained as.
+        bn="train" if m.no_pretrained else ("frozen" if m.freeze_bn_affine else "frozen_stats"),
         hierarchical_seeds=m.hierarchical_seeds,
         affinity_enhancement=m.affinity_enhancement,
         iscam_normalisation=m.iscam_normalisation,
@@ -196,4 +209,6 @@ def build_aesipe(cfg, num_classes: int, backbone_weights: bool = True) -> AESIPE
         pamr_iters=m.pamr_iters,
         pamr_dilations=m.pamr_dilations,
         pamr_backend=m.pamr_backend,
+        mask_ae_seeds=m.mask_ae_seeds,
+        ae_align_corners=m.ae_align_corners,
     )

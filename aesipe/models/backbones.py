@@ -8,8 +8,11 @@
 - MobileNetV2: stages = (features[0:4], [4:7], [7:14], [14:19]) -> (24, 32, 96, 1280) channels at strides
   (4, 8, 16, 16) with ``output_stride=16`` (the stride-2 block ``features[14]`` set to stride 1).
 
-BatchNorm is frozen by default (torchvision's ``FrozenBatchNorm2d``: running statistics and affine are
-buffers, so they never train and ``train()`` cannot switch them to batch statistics). Stages before
+BatchNorm statistics are frozen by default (``bn="frozen_stats"``: the ImageNet running statistics are kept,
+``train()`` cannot switch to batch statistics, and the scale/shift train where the stage trains -- the
+authors' behaviour). ``bn="frozen"`` also freezes the scale/shift (torchvision's ``FrozenBatchNorm2d``: all
+four are buffers); ``bn="train"`` is a plain ``BatchNorm2d`` (a random-init network needs its statistics
+learnt). The first two store the same state_dict keys, so checkpoints load across them. Stages before
 ``trainable_from`` (0-based) have ``requires_grad=False`` and their output is detached, so no gradient is
 computed through them (SIPE: stem + layer1 + layer2 frozen, i.e. ``trainable_from=2``).
 """
@@ -38,6 +41,26 @@ _TORCHVISION_WEIGHTS = {
     "mobilenet_v2": ("MobileNet_V2_Weights", ("IMAGENET1K_V1", "IMAGENET1K_V2")),
 }
 _HEAD_PREFIXES = ("fc.", "classifier.")
+BatchNormMode = Literal["frozen_stats", "frozen", "train"]
+
+
+class FrozenStatsBatchNorm2d(FrozenBatchNorm2d):
+    """BatchNorm with frozen running statistics and a trainable scale/shift.
+
+    The authors keep BatchNorm in eval mode (ImageNet statistics) while the BatchNorm weights of the
+    trainable stages stay parameters of the backbone group. Subclassing ``FrozenBatchNorm2d`` keeps its
+    forward (running statistics only) and its state_dict keys; only weight and bias become parameters.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__(num_features, eps)
+        weight, bias = self.weight, self.bias
+        del self.weight, self.bias  # buffers in the parent class
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+
+
+_NORM_LAYERS = {"frozen_stats": FrozenStatsBatchNorm2d, "frozen": FrozenBatchNorm2d, "train": nn.BatchNorm2d}
 
 
 class Backbone(nn.Module):
@@ -161,7 +184,7 @@ def build_backbone(
     no_pretrained: bool = False,
     output_stride: int = 16,
     trainable_from: int = 2,
-    freeze_bn: bool = True,
+    bn: BatchNormMode = "frozen",
     dilated: bool = False,
 ) -> Backbone:
     """A four-stage backbone with ImageNet weights from ``pretrained``, else the torch hub cache.
@@ -173,7 +196,9 @@ def build_backbone(
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(STAGE_CHANNELS)}")
     if not 0 <= trainable_from <= 4:
         raise ValueError(f"trainable_from must be in 0..4 (4 = nothing trains), got {trainable_from}")
-    norm_layer = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
+    if bn not in _NORM_LAYERS:
+        raise ValueError(f"bn must be one of {', '.join(_NORM_LAYERS)}, got {bn!r}")
+    norm_layer = _NORM_LAYERS[bn]
     if name == "mobilenet_v2":
         if dilated:
             raise ValueError("MobileNetV2 backbone has no dilated variant")

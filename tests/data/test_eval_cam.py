@@ -57,6 +57,21 @@ def test_plain_cam_key_uses_one_minus_max_as_background(bands_run, bands):
     assert result["miou"] == pytest.approx((1 / 2 + 4 / 5 + 1) / 3, abs=1e-6)
 
 
+def test_plain_cam_key_uses_the_networks_background_when_stored(bands_run, bands):
+    # make-cam stores the plain CAM with the network's own background (1 - max over *all* classes, here
+    # 1.0: another class was strong). At x0.8 that 0.8 beats u's class 1 in band 1 (0.65), not in band 2
+    # (0.9): 80 of u's 120 class-1 pixels stay class 1 (with 1 - max over u's own classes all 120 do).
+    # v's file keeps the aesipe 0.1 layout (foreground only), read as before: its 40 class-1 pixels.
+    classes, maps = graded_u()
+    network_cam = maps.copy()
+    network_cam[0] = 1.0
+    np.savez(bands_run / "cams" / "train" / "u.npz", classes=np.asarray(classes, np.int64), maps=maps,
+             cam=network_cam)
+    result = evaluate_cams(config(bands_run, bands), "train", "cam", [0.8], progress=False)
+    assert result["confusion"][1][1] == 80 + 40
+    assert result["confusion"][1][0] == 40
+
+
 def test_iscam_and_aeiscam_keys_judge_those_maps(bands_run, bands):
     # The same run stores IS-CAM (here: v's classes swapped) beside the selected maps (v's one-hot).
     for image_id, (classes, maps) in {"u": graded_u(), "v": one_hot_v()}.items():

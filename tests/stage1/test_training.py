@@ -99,7 +99,7 @@ def test_cli_train_then_make_cam_writes_the_documented_files(tmp_path, make_over
         k = len(expected)
         height, width = ds.load_image(path.stem).shape[:2]
         assert data["maps"].shape == (k, height, width) and data["maps"].dtype == np.float16
-        assert data["cam"].shape == (k - 1, height, width)
+        assert data["cam"].shape == (k, height, width)  # the network's own background first
         assert data["iscam"].shape == data["aeiscam"].shape == (k, height, width)
         assert np.array_equal(data["maps"], data["aeiscam"])  # cam.map = aeiscam by default
         assert data["maps"].min() >= 0 and np.allclose(data["maps"].max(axis=(1, 2))[:1], 1.0, atol=1e-3)

@@ -5,9 +5,10 @@ Reads ``<run>/cams/<split>/<id>.npz`` (``classes`` int64 [K], 0 first; ``maps`` 
 channel is multiplied by a scale (``cam.background_scale``; several with a sweep).
 
 ``map_key`` picks the map to judge: ``maps`` (the one ``cam.map`` selected), ``iscam`` or ``aeiscam``
-(stored beside it by make-cam, same layout), or ``cam``. ``map_key="cam"`` judges the plain CAM: its background channel is ``1 - max`` over the stored
-foreground channels (METHOD.md: "Background channel = 1 - max over all foreground channels"; the file
-keeps only the image's own classes, the others are zero after label masking, so the max is the same).
+(stored beside it by make-cam, same layout), or ``cam``, the plain CAM with the network's own background
+channel (1 - max over *all* classes' CAMs, as the network computes it before the tags select channels).
+CAM files of aesipe 0.1 stored only the foreground channels of ``cam``; for those the background is
+rebuilt as ``1 - max`` over the image's own classes, which can only be larger than the network's.
 
 With a CRF protocol (see ``aesipe.train.crf``), the swept scale is the one before the label-CRF
 (``label``) or the bg_conf scale of the IR labels (``ir``; fg_conf uses ``ir_label.fg_background_scale``),
@@ -54,10 +55,9 @@ def load_cam_file(path: Path, map_key: MapKey = "maps") -> tuple[np.ndarray, np.
             if absent:
                 raise KeyError(absent[0])
             classes = np.asarray(data["classes"], np.int64)
-            if map_key != "cam":  # maps / iscam / aeiscam: [K, H, W], background first
-                maps = np.asarray(data[map_key], np.float32)
-            else:
-                foreground = np.asarray(data["cam"], np.float32)
+            maps = np.asarray(data[map_key], np.float32)  # [K, H, W], background first
+            if map_key == "cam" and len(maps) == len(classes) - 1:  # aesipe 0.1 files: foreground only
+                foreground = maps
                 if len(foreground):
                     background = 1.0 - foreground.max(axis=0, keepdims=True)
                 else:  # a background-only image: cam is [0, H, W]

@@ -105,8 +105,9 @@ def train_irn(cfg: RunConfig) -> Path:
         dataset = AffinityDataset(crops, index)
         model = build_irn(c.backbone, backbone_weights(cfg, c.backbone, c.pretrained), c.no_pretrained)
         edge_params, dp_params = model.trainable_parameters()
-        groups = engine.param_groups([edge_params, dp_params], [c.lr, c.lr * c.displacement_lr_mult], c.weight_decay)
-        optimizer = engine.build_sgd(groups, c.lr, c.momentum, c.weight_decay, reference=c.reference_optimizer)
+        lr = engine.resolve_lr(c.lr, c.reference_optimizer)
+        groups = engine.param_groups([edge_params, dp_params], [lr, lr * c.displacement_lr_mult], c.weight_decay)
+        optimizer = engine.build_sgd(groups, lr, c.momentum, c.weight_decay, reference=c.reference_optimizer)
         max_steps = engine.total_steps(len(ds), c.batch_size, c.epochs, c.max_steps, info.world_size)
         if max_steps < 1:
             raise UserError(f"irn: {len(ds)} images make no full batch of irn.batch_size={c.batch_size}")

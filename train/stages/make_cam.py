@@ -6,8 +6,9 @@ and divided by their per-channel max (+1e-5). Only the image's own classes and t
 
 ``<run>/cams/<split>/<id>.npz`` (float16, written atomically; existing files are skipped, so a re-run
 resumes): ``classes`` int64 [K] (0 first), ``maps`` [K, H, W] = the map ``cam.map`` picks,
-``cam`` [K-1, H, W] the plain CAM's foreground channels, ``iscam`` [K, H, W] and, for a model with
-affinity enhancement, ``aeiscam`` [K, H, W] -- so eval can judge every map of one run.
+``cam`` [K, H, W] the plain CAM (its background is the network's: 1 - max over *all* classes' CAMs),
+``iscam`` [K, H, W] and, for a model with affinity enhancement, ``aeiscam`` [K, H, W] -- so eval can
+judge every map of one run.
 """
 from __future__ import annotations
 
@@ -78,8 +79,8 @@ def image_maps(
 def cam_record(maps: dict[str, np.ndarray], labels: np.ndarray, map_key: str) -> dict[str, np.ndarray]:
     """The npz content: keep background + the image's own classes, float16."""
     keep = np.concatenate([[0], np.flatnonzero(labels > 0) + 1]).astype(np.int64)
-    record = {"classes": keep, "maps": maps[map_key][keep].astype(np.float16), "cam": maps["cam"][keep[1:]].astype(np.float16)}
-    for key in ("iscam", "aeiscam"):
+    record = {"classes": keep, "maps": maps[map_key][keep].astype(np.float16)}
+    for key in ("cam", "iscam", "aeiscam"):
         if key in maps:
             record[key] = maps[key][keep].astype(np.float16)
     return record

@@ -51,10 +51,9 @@ def train_stage1(cfg: RunConfig) -> Path:
         dataset = ClassificationDataset(ds, t.crop_size, t.resize_long, flip=True, seed=t.seed)
         model = build_aesipe(cfg, ds.num_classes)
         backbone_params, new_params = model.parameter_groups()
-        groups = engine.param_groups(
-            [backbone_params, new_params], [t.lr, t.lr * t.new_layer_lr_mult], t.weight_decay
-        )
-        optimizer = engine.build_sgd(groups, t.lr, t.momentum, t.weight_decay, reference=t.reference_optimizer)
+        lr = engine.resolve_lr(t.lr, t.reference_optimizer)
+        groups = engine.param_groups([backbone_params, new_params], [lr, lr * t.new_layer_lr_mult], t.weight_decay)
+        optimizer = engine.build_sgd(groups, lr, t.momentum, t.weight_decay, reference=t.reference_optimizer)
         max_steps = engine.total_steps(len(ds), t.batch_size, t.epochs, t.max_steps, info.world_size)
         scheduler = engine.make_poly_scheduler(optimizer, max_steps, t.poly_power)
         spec = loop.LoopSpec(
