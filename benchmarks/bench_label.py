@@ -42,7 +42,7 @@ def make_checkpoint(path: Path) -> None:
 
     from aesipe.config import to_dict
     from aesipe.models.deeplab import build_deeplabv3
-    from aesipe.train.config import RunConfig
+    from aesipe.config import RunConfig
     import dataclasses
 
     cfg = RunConfig()

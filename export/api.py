@@ -10,29 +10,22 @@ from typing import Callable
 import torch
 
 import aesipe
+from aesipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from aesipe.contract import InputFormat, build_metadata
+from aesipe.models.pseudo_maps import PAMR_DOWNSCALE, PAMR_MODES, CamSettings
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import voc_palette
 
 from .formats import ExportFormat, check_options, get_format
 from .sources import LoadedModel, load_source
-from .wrappers import IMAGENET_MEAN, IMAGENET_STD, PamrSettings, PseudoLabellerGraph, SegmenterGraph
+from .wrappers import PseudoLabellerGraph, SegmenterGraph
 
 SIZE_DIVISOR = 16
-"""Inputs are padded to a multiple of the networks' output stride (16), as in training."""
+"""Segmenter inputs are padded to a multiple of the networks' output stride (16), as in training."""
 
 
 def _normalise_what(what: str | None) -> str | None:
     return what.replace("-", "_") if what else None
-
-
-def _mean_std() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    try:  # the data pipeline's constants are the ones the model was trained with
-        from aesipe.data.transforms import IMAGENET_MEAN as mean, IMAGENET_STD as std
-
-        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    except (ImportError, AttributeError):
-        return IMAGENET_MEAN, IMAGENET_STD
 
 
 def default_output(source: Path, loaded: LoadedModel, fmt: ExportFormat) -> Path:
@@ -41,27 +34,37 @@ def default_output(source: Path, loaded: LoadedModel, fmt: ExportFormat) -> Path
     return loaded.checkpoint.with_suffix(fmt.suffix)
 
 
-def build_graph(loaded: LoadedModel, net: torch.nn.Module, pamr: bool, half: bool) -> torch.nn.Module:
-    mean, std = _mean_std()
+def cam_settings_of(loaded: LoadedModel, scales=None, flip: bool | None = None, pamr: str | None = None) -> CamSettings:
+    """The pseudo-labeller's test-time procedure: the run's (cam.scales, cam.flip, cam.pamr), each overridable."""
+    run = CamSettings.from_config(loaded.cfg)
+    pamr = pamr.replace("-", "_") if pamr else None
+    if pamr is not None and pamr not in PAMR_MODES:
+        raise UserError(f"--pamr must be one of {', '.join(m.replace('_', '-') for m in PAMR_MODES)}, got {pamr!r}")
+    if scales is not None and (not scales or min(scales) <= 0):
+        raise UserError(f"--scales must be positive numbers, got {list(scales)}")
+    return CamSettings(tuple(scales) if scales else run.scales, run.flip if flip is None else flip,
+                    pamr or run.pamr, run.pamr_iters, run.pamr_dilations, run.pamr_backend)
+
+
+def build_graph(loaded: LoadedModel, net: torch.nn.Module, test_time: CamSettings | None, half: bool) -> torch.nn.Module:
     if loaded.what == "segmenter":
-        graph = SegmenterGraph(net, mean, std, half=half)
+        graph = SegmenterGraph(net, IMAGENET_MEAN, IMAGENET_STD, half=half)
     else:
-        model = loaded.cfg.model
-        settings = PamrSettings(model.pamr_iters, tuple(model.pamr_dilations), model.pamr_backend) if pamr else None
-        graph = PseudoLabellerGraph(net, loaded.cfg.cam.map, loaded.cfg.cam.background_scale, settings,
-                                    mean, std, half=half)
+        graph = PseudoLabellerGraph(net, loaded.cfg.cam.map, loaded.cfg.cam.background_scale, test_time,
+                                    IMAGENET_MEAN, IMAGENET_STD, half=half)
     graph.eval().requires_grad_(False)  # PAMR refuses gradients; export needs none
     return graph
 
 
-def _metadata(loaded: LoadedModel, graph, fmt: ExportFormat, opset: int | None, half: bool,
+def _metadata(loaded: LoadedModel, test_time: CamSettings | None, fmt: ExportFormat, opset: int | None, half: bool,
               custom_ops: tuple[str, ...] = (), op_library: str | None = None) -> dict[str, str]:
-    mean, std = _mean_std()
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
     classes = loaded.class_names
     palette = loaded.palette or voc_palette(max(len(classes), 1)).tolist()
     seg = loaded.what == "segmenter"
     inputs = [{"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"],
-               "meaning": "RGB in [0, 1]; pad H, W to a multiple of size_divisor with pad_value"}]
+               "meaning": "RGB in [0, 1]" + ("; pad H, W to a multiple of size_divisor with pad_value" if seg
+                                              else ", unpadded (any size)")}]
     if not seg:
         inputs.append({"name": "tags", "dtype": "float32", "shape": ["batch", len(classes) - 1],
                        "meaning": "multi-hot of the image's classes, order = classes[1:] (background excluded)"})
@@ -73,14 +76,19 @@ def _metadata(loaded: LoadedModel, graph, fmt: ExportFormat, opset: int | None, 
         "labels": "argmax over classes" + ("" if seg else " after background x background_scale"),
     }
     if not seg:
-        output["scores"] = "maps / per-channel max, classes not in tags zeroed, background not yet scaled"
-        output["fuse"] = "test-time scales: sum scores resized to the image, divide by per-channel max, " \
-                         "multiply channel 0 by background_scale, argmax"
+        output["scores"] = ("the maps summed over the test-time scales inside the graph (flip fused in the "
+                            "network), classes not in tags zeroed; not yet max-normalised")
+        output["labels_rule"] = ("divide scores by their per-channel max + 1e-5, multiply channel 0 by "
+                                 "background_scale, argmax (aesipe.pseudo_labels)")
         output["map"] = loaded.cfg.cam.map
-    pamr = graph.pamr.describe() if not seg and graph.pamr is not None else None
+        output["test_time"] = test_time.describe()
+    pamr = None
+    if not seg and test_time.pamr != "off":
+        pamr = {"mode": test_time.pamr, "num_iter": test_time.pamr_iters, "dilations": list(test_time.pamr_dilations),
+                "downscale": PAMR_DOWNSCALE, "image": "the [0, 1] input resized to 1/downscale, bilinear"}
     return build_metadata(
         model_kind=loaded.what, classes=classes, palette=palette,
-        input_format=InputFormat(mean=mean, std=std, pad_value=mean, size_divisor=SIZE_DIVISOR),
+        input_format=InputFormat(mean=mean, std=std, pad_value=mean, size_divisor=SIZE_DIVISOR if seg else None),
         output=output, inputs=inputs, aesipe_version=aesipe.__version__, torch_version=torch.__version__,
         pamr=pamr, background_scale=1.0 if seg else loaded.cfg.cam.background_scale,
         opset=opset if fmt.name == "onnx" else None, precision="float16" if half else "float32",
@@ -89,14 +97,16 @@ def _metadata(loaded: LoadedModel, graph, fmt: ExportFormat, opset: int | None, 
 
 
 def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: bool = False,
-                  opset: int | None = None, pamr: bool = True, verify: bool = True,
+                  opset: int | None = None, test_time: CamSettings | None = None, verify: bool = True,
                   log: Callable[[str], None] = print) -> Path:
     """Export ``loaded`` to ``out_path`` atomically; a file failing the parity check is never left behind."""
     from .verify import sample_inputs, verify_file
 
     num_classes = len(loaded.class_names) - 1
-    reference = build_graph(loaded, loaded.net, pamr, half=False)
-    graph = build_graph(loaded, copy.deepcopy(loaded.net), pamr, half=True) if half else reference
+    if loaded.what == "pseudo_labeller" and test_time is None:
+        test_time = cam_settings_of(loaded)
+    reference = build_graph(loaded, loaded.net, test_time, half=False)
+    graph = build_graph(loaded, copy.deepcopy(loaded.net), test_time, half=True) if half else reference
     samples = sample_inputs(64, 96, None if loaded.what == "segmenter" else num_classes)
     input_names = ["image"] if loaded.what == "segmenter" else ["image", "tags"]
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,12 +118,12 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
 
                 graph = trace(graph, samples)
                 ops = custom_ops_in(graph)
-                metadata = _metadata(loaded, reference, fmt, None, half, ops, op_library_path() if ops else None)
+                metadata = _metadata(loaded, test_time, fmt, None, half, ops, op_library_path() if ops else None)
             else:
                 from .onnx import DEFAULT_OPSET
 
                 opset = opset or DEFAULT_OPSET
-                metadata = _metadata(loaded, reference, fmt, opset, half)
+                metadata = _metadata(loaded, test_time, fmt, opset, half)
             fmt.write(graph, samples, input_names, ["scores", "labels"], metadata, partial, opset=opset)
         if verify:
             result = verify_file(partial, reference, None if loaded.what == "segmenter" else num_classes,
@@ -133,15 +143,19 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
 
 
 def export_model(source: str | Path, out_path: str | Path | None = None, format: str = "onnx", half: bool = False,
-                 opset: int | None = None, what: str | None = None, pamr: bool = True, verify: bool = True,
+                 opset: int | None = None, what: str | None = None, pamr: str | None = None,
+                 scales=None, flip: bool | None = None, verify: bool = True,
                  log: Callable[[str], None] = print) -> Path:
     """Export a run directory (``seg/final.pt`` or ``stage1/final.pt``) or checkpoint file.
 
     ``what``: "segmenter" or "pseudo_labeller" (None: the checkpoint's kind; a run directory: segmenter).
-    Returns the written path. Raises ``UserError`` (one line) for anything the user can fix.
+    Pseudo-labellers carry the run's test-time procedure (cam.scales, cam.flip, cam.pamr); ``scales``,
+    ``flip`` and ``pamr`` (off | per-scale | fused) override it. Returns the written path. Raises
+    ``UserError`` (one line) for anything the user can fix.
     """
     fmt = get_format(format)
-    used = [name for name, on in (("half", half), ("opset", opset is not None), ("pamr", not pamr)) if on]
+    used = [name for name, on in (("half", half), ("opset", opset is not None), ("pamr", pamr is not None),
+                                  ("scales", scales is not None), ("flip", flip is not None)) if on]
     check_options(fmt, used)
     if fmt.name == "onnx":
         from .onnx import require_onnx
@@ -149,7 +163,14 @@ def export_model(source: str | Path, out_path: str | Path | None = None, format:
         require_onnx()
     source = Path(source)
     loaded = load_source(source, _normalise_what(what))
+    test_time = None
+    if loaded.what == "segmenter":
+        pl_only = [f"--{name}" for name in ("pamr", "scales", "flip") if name in used]
+        if pl_only:
+            raise UserError(f"{', '.join(pl_only)} apply to pseudo-labellers (--what pseudo-labeller), not segmenters")
+    else:
+        test_time = cam_settings_of(loaded, scales, flip, pamr)
     out = Path(out_path) if out_path else default_output(source, loaded, fmt)
     if out.suffix.lower() not in (fmt.suffix, ".torchscript"):
         out = out.with_name(out.name + fmt.suffix)
-    return export_loaded(loaded, out, fmt, half=half, opset=opset, pamr=pamr, verify=verify, log=log)
+    return export_loaded(loaded, out, fmt, half=half, opset=opset, test_time=test_time, verify=verify, log=log)

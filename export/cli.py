@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from aesipe import __version__
-from aesipe.utils.errors import run_cli, user_errors
+from aesipe.utils.errors import UserError, run_cli, user_errors
 
 PROG = "aesipe-export"
 app = typer.Typer(name=PROG, add_completion=False, pretty_exceptions_enable=False)
@@ -41,7 +41,12 @@ def export(
     format: Annotated[Format, typer.Option("--format", "-f", help="File format.")] = Format.onnx,
     half: Annotated[bool, typer.Option(help="Compute in float16 inside the graph (inputs/outputs stay float32).")] = False,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 20: loads in ONNX Runtime >= 1.17).")] = None,
-    pamr: Annotated[bool, typer.Option(help="Pseudo-labeller: refine maps with PAMR inside the graph.")] = True,
+    pamr: Annotated[Optional[str], typer.Option(help="Pseudo-labeller: PAMR refinement of its maps, off | per-scale | "
+                                                    "fused (default: the run's cam.pamr).")] = None,
+    scales: Annotated[Optional[str], typer.Option(help="Pseudo-labeller: test-time scales, e.g. 1.0,0.5 (default: "
+                                                      "the run's cam.scales).")] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Pseudo-labeller: fuse the mirror image "
+                                                                          "(default: the run's cam.flip).")] = None,
     verify: Annotated[bool, typer.Option(help="Check the file against PyTorch (fails the export on mismatch).")] = True,
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
@@ -49,7 +54,17 @@ def export(
     from .api import export_model
 
     export_model(source, out, format=format.value, half=half, opset=opset,
-                  what=what.value if what else None, pamr=pamr, verify=verify, log=typer.echo)
+                  what=what.value if what else None, pamr=pamr, scales=_scales(scales), flip=flip, verify=verify,
+                  log=typer.echo)
+
+
+def _scales(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--scales takes comma-separated numbers like 1.0,0.5, not {text!r}") from None
 
 
 def main() -> None:

@@ -13,8 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from aesipe.config import from_dict
-from aesipe.train.config import RunConfig
+from aesipe.config import RunConfig, run_config_from_saved
 from aesipe.utils.errors import UserError
 
 WHAT_CHECKPOINT = {"segmenter": "seg/final.pt", "pseudo_labeller": "stage1/final.pt"}
@@ -91,7 +90,7 @@ def load_source(source: str | Path, what: str | None = None) -> LoadedModel:
     if what is not None and KIND_WHAT[kind] != what:
         raise UserError(f"{path} holds a {kind} model, not a {what.replace('_', '-')}")
     what = KIND_WHAT[kind]
-    cfg = from_dict(RunConfig, data["config"])
+    cfg = run_config_from_saved(data["config"])
     class_names = [str(name) for name in data["class_names"]]
     if len(class_names) < 2:
         raise UserError(f"{path}: class_names must list background and at least one class")

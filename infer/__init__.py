@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from aesipe.contract import ModelInfo
 
-from .api import Labeler, label_folder
+from .api import Labeler
+from .folder import label_folder
 from .report import Report
 
 __all__ = ["Labeler", "label_folder", "ModelInfo", "Report"]

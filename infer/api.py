@@ -1,11 +1,12 @@
-"""The embeddable API: ``Labeler`` (one model, many images) and ``label_folder``.
+"""The embeddable API: ``Labeler``, one model for many images.
 
     from aesipe.infer import Labeler
     labeler = Labeler("segmenter.onnx")
     labels = labeler.label("photo.jpg")          # uint8 H x W class indices at the photo's size
     labeler.info.classes[labels[0, 0]]            # class name of the top-left pixel
 
-numpy + Pillow + ONNX Runtime only (TorchScript files import torch lazily).
+numpy + Pillow + OpenCV + ONNX Runtime only (TorchScript files import torch lazily). A pseudo-labeller's
+maps become labels by the rule of ``aesipe.pseudo_labels`` -- the same code as the training run's.
 """
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
+from aesipe import crf as crf_ops
+from aesipe import pseudo_labels as rule
+from aesipe.config import CrfConfig
 from aesipe.utils.errors import UserError
 
 from . import postprocess
-from .io import DEFAULT_MAX_SIDE, DecodedImage, read_image
+from .io import DEFAULT_MAX_SIDE, DecodedImage, ImageReadError, read_image
 from .session import open_backend
 
 
@@ -49,9 +54,17 @@ class Labeler:
         self.info = self.backend.info
         if half and self.info.precision != "float16":
             raise UserError("this file computes in float32: export it with `aesipe-export --half` for float16")
-        if crf and not postprocess.crf_available():
-            raise UserError(postprocess.CRF_INSTALL_HINT)
+        if crf and not crf_ops.crf_available():
+            raise UserError(f"--crf needs pydensecrf: {crf_ops.INSTALL_HINT}")
+        self.graph_test_time = self.info.output.get("test_time")
+        """A pseudo-labeller's in-graph test-time procedure (its run's scales, flip, PAMR), or None."""
+        if self.graph_test_time and (scales != (1.0,) or flip):
+            run = self.graph_test_time
+            raise UserError(f"this pseudo-labeller runs its run's test-time scales {run['scales']} "
+                            f"{'with' if run['flip'] else 'without'} flip inside the graph; re-export it with "
+                            "`aesipe-export --what pseudo-labeller --scales ... --flip/--no-flip` to change them")
         self.scales, self.flip, self.crf, self.max_side = scales, flip, crf, max_side
+        self.crf_config = CrfConfig()
         self.fmt = self.info.input_format
         self.palette = np.array(self.info.palette, dtype=np.uint8).reshape(-1, 3)
 
@@ -107,22 +120,24 @@ class Labeler:
         return x
 
     def prepare(self, decoded: DecodedImage, tags: np.ndarray | None) -> Prepared:
-        from PIL import Image
-
         item = Prepared(decoded, tags)
         height, width = decoded.rgb.shape[:2]
         for scale in self.scales:
             rgb = decoded.rgb
             if scale != 1.0:
                 size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
             item.variants.append((scale, False, self._to_input(rgb)))
             if self.flip:
                 item.variants.append((scale, True, self._to_input(np.ascontiguousarray(rgb[:, ::-1]))))
         return item
 
     def needs_scores(self, item: Prepared) -> bool:
-        return not self.single_pass or self.crf or item.decoded.rgb.shape[:2] != item.decoded.original_size
+        # The graph's own labels are the final ones only for one pass at full size without a CRF (for a
+        # pseudo-labeller they mirror aesipe.pseudo_labels; a file of aesipe 0.1 normalised per pass).
+        legacy_pseudo = self.info.needs_tags and not self.graph_test_time
+        return (not self.single_pass or self.crf or legacy_pseudo
+                or item.decoded.rgb.shape[:2] != item.decoded.original_size)
 
     # -- inference (call from one thread) -----------------------------------------------------------
     def run_batch(self, items: list[Prepared]) -> list[list[np.ndarray]]:
@@ -145,32 +160,33 @@ class Labeler:
         height, width = item.decoded.original_size
         if outputs[0].ndim == 2:  # labels fetched directly: single pass at full size, no CRF
             return np.ascontiguousarray(outputs[0], dtype=np.uint8)
-        work_h, work_w = item.decoded.rgb.shape[:2]
+        rgb = item.decoded.rgb
+        work_h, work_w = rgb.shape[:2]
         maps = []
         for (scale, flipped, _), scores in zip(item.variants, outputs):
             scores = scores[..., ::-1] if flipped else scores
             maps.append(postprocess.resize_bilinear(scores, work_h, work_w))
-        if self.single_pass:
-            fused = maps[0] if self.info.model_kind == "segmenter" else self._scaled_background(maps[0])
-        else:
-            fused = postprocess.fuse_scores(maps, self.info.model_kind, self.info.background_scale)
+        if self.info.needs_tags:
+            classes, kept = rule.keep_image_classes(rule.fuse(maps), item.tags)
+            if self.crf:
+                labels = crf_ops.label_crf(rgb, kept, classes, self.crf_config, self.info.background_scale)
+                return postprocess.resize_labels_nearest(labels.astype(np.uint8), height, width)
+            index = postprocess.argmax_resized(rule.scale_background(kept, self.info.background_scale), height, width)
+            return classes.astype(np.uint8)[index]
+        logits = np.sum(np.stack(maps), axis=0, dtype=np.float32)
         if self.crf:
-            labels = fused.argmax(axis=0).astype(np.uint8)
-            unary_scores = fused if self.info.model_kind == "segmenter" else None
-            labels = postprocess.dense_crf(item.decoded.rgb, unary_scores, labels, len(self.info.classes))
-            return postprocess.resize_labels_nearest(labels, height, width)
-        return postprocess.argmax_resized(fused, height, width)
-
-    def _scaled_background(self, scores: np.ndarray) -> np.ndarray:
-        scores = scores.copy()
-        scores[0] *= self.info.background_scale
-        return scores
+            labels = crf_ops.crf_from_probabilities(rgb, postprocess.softmax(logits), self.crf_config)
+            return postprocess.resize_labels_nearest(labels.astype(np.uint8), height, width)
+        return postprocess.argmax_resized(logits, height, width)
 
     # -- convenience ----------------------------------------------------------------------------------
     def label(self, image: np.ndarray | str | Path, tags: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
         """Label one image (uint8 H x W x 3 RGB array, H x W grayscale, or a path): uint8 H x W."""
         if isinstance(image, (str, Path)):
-            decoded = read_image(Path(image), self.max_side)
+            try:
+                decoded = read_image(Path(image), self.max_side)
+            except ImageReadError as exc:
+                raise UserError(f"cannot label {image}: {exc}") from None
         else:
             rgb = np.asarray(image)
             if rgb.ndim == 2:
@@ -187,10 +203,3 @@ def _scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     if scale == 1.0:
         return height, width
     return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def label_folder(model_path: str | Path, input_dir: str | Path, output_dir: str | Path, **options):
-    """Label every image under ``input_dir`` into ``output_dir`` (see ``aesipe.infer.pipeline``)."""
-    from .pipeline import run_folder
-
-    return run_folder(model_path, Path(input_dir), Path(output_dir), **options)

@@ -57,13 +57,13 @@ def label(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
-    from .pipeline import run_folder
+    from .folder import label_folder
 
     if workers is not None and workers < 1:
         raise UserError("--workers must be at least 1")
     if max_side < 16:
         raise UserError("--max-side must be at least 16")
-    report = run_folder(model, input, output, tags_csv=tags, overlay=overlay, crf=crf, batch_size=batch_size,
+    report = label_folder(model, input, output, tags_csv=tags, overlay=overlay, crf=crf, batch_size=batch_size,
                         device=device, half=half, scales=parse_scales(scales), flip=flip, overwrite=overwrite,
                         workers=workers, max_side=max_side, threads=threads, log=lambda m: typer.echo(m, err=True))
     summary = report.summary

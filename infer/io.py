@@ -1,43 +1,12 @@
-"""Finding and reading images robustly (Pillow only).
-
-Every readable image becomes uint8 RGB, upright (EXIF orientation applied): grayscale, palette,
-RGBA/LA (alpha dropped: the colour under it is kept, as torchvision's RGB read mode does), CMYK,
-16-bit and float images are converted. Images whose long side exceeds ``max_side`` are decoded at a
-reduced size (JPEG draft mode, then a high-quality resize); the caller labels that and resizes the
-result back to ``original_size``. Empty, truncated and non-image files raise ``ImageReadError`` with
-a short reason.
-"""
+"""Which files ``aesipe-label`` labels: image files under INPUT (recursive, sorted), decoded by the one
+decoder of aesipe (``aesipe.imaging``)."""
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from aesipe.imaging import DEFAULT_MAX_SIDE, DecodedImage, ImageReadError, is_image_file, read_image
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-DEFAULT_MAX_SIDE = 2048
-# Pillow refuses images over ~179 Mpx as "decompression bombs"; we decode huge ones at reduced size,
-# so allow up to 1 Gpx (the largest a 24 GiB machine reads comfortably in draft mode).
-Image.MAX_IMAGE_PIXELS = 1_000_000_000
-_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
-
-
-class ImageReadError(Exception):
-    """The file has an image extension but cannot be labelled; ``str(exc)`` is the reason."""
-
-
-@dataclass
-class DecodedImage:
-    rgb: np.ndarray
-    """uint8 [h, w, 3] at working resolution (== original_size unless the image exceeded max_side)."""
-    original_size: tuple[int, int]
-    """(height, width) after EXIF orientation: the size the label map is written at."""
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+__all__ = ["DEFAULT_MAX_SIDE", "DecodedImage", "ImageReadError", "list_images", "read_image"]
 
 
 def list_images(root: Path) -> list[Path]:
@@ -46,69 +15,3 @@ def list_images(root: Path) -> list[Path]:
         return [Path(root.name)] if is_image_file(root) else []
     found = [p.relative_to(root) for p in root.rglob("*") if p.is_file() and is_image_file(p)]
     return sorted(found, key=lambda p: p.as_posix())
-
-
-def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    if mode == "F":
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
-        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    if mode != "RGB":
-        image = image.convert("RGB")  # L, 1, P, PA, LA, RGBA, CMYK, YCbCr, LAB, HSV
-    return np.asarray(image, dtype=np.uint8)
-
-
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    width, height = image.size
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # malformed EXIF: Pillow's exif_transpose ignores it too
-        orientation = 1
-    return (width, height) if orientation in _SWAPS_AXES else (height, width)
-
-
-def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    height, width = size
-    scale = max_side / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def read_image(path: Path, max_side: int | None = DEFAULT_MAX_SIDE) -> DecodedImage:
-    """Decode ``path`` into upright uint8 RGB; see the module docstring."""
-    try:
-        if path.stat().st_size == 0:
-            raise ImageReadError("empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EXIF/ICC warnings; real failures raise
-            with Image.open(path) as image:
-                original = _oriented_size(image)
-                capped = max_side is not None and max(original) > max_side
-                if capped and image.format == "JPEG":
-                    target = _fit(original, max_side)
-                    image.draft("RGB", (max(target) * 2, max(target) * 2))  # at least 2x target: resize below
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                rgb = _to_rgb_array(image)
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError("not an image Pillow can read") from None
-    except Image.DecompressionBombError:
-        raise ImageReadError(f"larger than {Image.MAX_IMAGE_PIXELS} pixels") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"truncated or corrupt ({str(exc).splitlines()[0][:120]})") from None
-    if capped:
-        height, width = _fit(original, max_side)
-        if rgb.shape[:2] != (height, width):
-            rgb = np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR,
-                                                         reducing_gap=2.0))
-    elif rgb.shape[:2] != original:
-        raise ImageReadError(f"decoded size {rgb.shape[:2]} differs from the header's {original}")
-    return DecodedImage(np.ascontiguousarray(rgb), original)

@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from aesipe.config import load_config, merge
-
-from .config import RunConfig
+from aesipe.config import RunConfig, load_config, merge
 
 SYNTH = {"num_train": 320, "num_val": 80, "size": 96, "seed": 0, "num_classes": 4}
 """The synthetic dataset the demo generates (``aesipe.data.synth.generate`` arguments)."""
@@ -25,17 +23,17 @@ SYNTH = {"num_train": 320, "num_val": 80, "size": 96, "seed": 0, "num_classes": 
 # segmenter reuse it), 96-px images, a few hundred steps per stage.
 DEMO_RECIPE: dict[str, Any] = {
     "data": {"kind": "folder", "train_split": "train", "cam_split": "train", "eval_split": "val", "workers": 0},
+    "runtime": {"device": "cpu"},
     "model": {"backbone": "mobilenet_v2"},
     "train": {"batch_size": 16, "epochs": 100, "max_steps": 250, "crop_size": 96, "resize_long": [80, 112], "lr": 0.05,
-              "checkpoint_every": 100, "log_every": 20, "device": "cpu"},
+              "checkpoint_every": 100, "log_every": 20},
     "cam": {"scales": [1.0, 0.75, 1.25]},
     "crf": {"workers": 2},
     "ir_label": {"workers": 2},
     "irn": {"backbone": "mobilenet_v2", "crop_size": 96, "batch_size": 16, "epochs": 100, "max_steps": 100,
-            "path_radius": 5, "checkpoint_every": 50, "log_every": 10, "device": "cpu"},
-    "random_walk": {"device": "cpu"},
+            "path_radius": 5, "checkpoint_every": 50, "log_every": 10},
     "seg": {"backbone": "mobilenet_v2", "crop_size": 96, "scale_range": [0.75, 1.25],
-            "batch_size": 16, "epochs": 100, "max_steps": 200, "lr": 0.02, "checkpoint_every": 100, "log_every": 20, "device": "cpu"},
+            "batch_size": 16, "epochs": 100, "max_steps": 200, "lr": 0.02, "checkpoint_every": 100, "log_every": 20},
 }  # fmt: skip
 
 
@@ -64,7 +62,7 @@ def _export_and_label(cfg: RunConfig, out: Path, echo: Callable[[str], None]) ->
     """Export the segmenter to ONNX and label a folder with it; returns lines for the summary."""
     try:
         from aesipe.export.api import export_model
-        from aesipe.infer.api import label_folder
+        from aesipe.infer import label_folder
     except ImportError as exc:
         return [f"export / labelling skipped: {exc}"]
     from aesipe.data import open_dataset

@@ -168,7 +168,7 @@ def param_groups(
 def resolve_lr(lr: float | None, reference: bool) -> float:
     """A stage's backbone lr: as given, else the paper's 0.01 (momentum 0.9) or, reproducing the authors'
     optimiser, the code's 0.1 (momentum 1e-4): about the same effective step lr / (1 - momentum)."""
-    from aesipe.train.config import PAPER_LR, REFERENCE_LR
+    from aesipe.config import PAPER_LR, REFERENCE_LR
 
     if lr is not None:
         return float(lr)

@@ -13,8 +13,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
+from aesipe.config import RuntimeConfig, SolverConfig
 from aesipe.utils.errors import UserError
 
+from . import engine
 from .engine import DistInfo, autocast, barrier, grad_scaler, make_sampler, seed_worker
 
 
@@ -98,6 +100,39 @@ class LoopSpec:
     seed: int = 0
     workers: int = 0
     desc: str = "train"
+
+
+def solver_setup(
+    solver: SolverConfig,
+    section: str,
+    param_sets: Sequence[Any],
+    lr_mults: Sequence[float],
+    num_images: int,
+    info: DistInfo,
+    runtime: RuntimeConfig,
+    *,
+    stage_dir: Path,
+    kind: str,
+    workers: int,
+    grad_clip: float | None = None,
+) -> tuple[torch.optim.Optimizer, Any, LoopSpec]:
+    """Optimiser, poly scheduler and loop settings of a stage from its ``SolverConfig`` section.
+
+    ``param_sets[i]`` trains at lr x ``lr_mults[i]`` (backbone first, at x1); frozen parameters are left out."""
+    lr = engine.resolve_lr(solver.lr, solver.reference_optimizer)
+    groups = engine.param_groups(param_sets, [lr * mult for mult in lr_mults], solver.weight_decay)
+    optimizer = engine.build_sgd(groups, lr, solver.momentum, solver.weight_decay, reference=solver.reference_optimizer)
+    max_steps = engine.total_steps(num_images, solver.batch_size, solver.epochs, solver.max_steps, info.world_size)
+    if max_steps < 1:
+        raise UserError(f"{section}: {num_images} images make no full batch of {section}.batch_size={solver.batch_size}"
+                        + (f" on each of {info.world_size} processes" if info.world_size > 1 else ""))
+    scheduler = engine.make_poly_scheduler(optimizer, max_steps, solver.poly_power)
+    spec = LoopSpec(
+        stage_dir=stage_dir, kind=kind, max_steps=max_steps, batch_size=solver.batch_size,
+        checkpoint_every=solver.checkpoint_every, log_every=solver.log_every, grad_clip=grad_clip or None,
+        amp=runtime.amp, seed=solver.seed, workers=workers, desc=section if section != "train" else "stage1",
+    )
+    return optimizer, scheduler, spec
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

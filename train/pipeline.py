@@ -20,23 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from aesipe.config import config_hash, save_config, to_dict
+from aesipe.config import SCHEMA_VERSION, RunConfig, config_hash, save_config, to_dict
 from aesipe.utils.atomic import atomic_write_text
 from aesipe.utils.errors import UserError
 
-from .config import RunConfig
+from .pipeline_legacy import adopt_legacy_records
+
 
 MANIFEST = "manifest.json"
 # Fields that change how fast or where a stage runs, never what it makes.
 _RUNTIME_FIELDS = {"workers", "device", "log_every", "checkpoint_every"}
 
 
-def _sections(cfg: RunConfig, names: tuple[str, ...]) -> dict[str, Any]:
+def _sections(cfg: Any, names: tuple[str, ...]) -> dict[str, Any]:
     """The named config parts (``section`` or ``section.field``) without runtime-only fields."""
     out: dict[str, Any] = {}
     for name in names:
         section, _, field = name.partition(".")
-        value = to_dict(getattr(cfg, section))
+        value = getattr(cfg, section)
+        value = value if isinstance(value, dict) else to_dict(value)
         if field:
             out[name] = value[field]
         else:
@@ -149,19 +151,19 @@ _SEG_TRAIN_FIELDS = tuple(
 _DATA_FIELDS = ("data.root", "data.kind", "data.train_split", "data.labels_csv")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("train", _DATA_FIELDS + ("model", "train"), (), _run_train, lambda c: ["stage1"], "stage 1 (AE-SIPE)"),
-    Stage("make-cam", ("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map"), ("train",), _run_make_cam,
+    Stage("train", _DATA_FIELDS + ("model", "train", "runtime.amp"), (), _run_train, lambda c: ["stage1"], "stage 1 (AE-SIPE)"),
+    Stage("make-cam", ("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map", "cam.pamr"), ("train",), _run_make_cam,
           lambda c: [f"cams/{s}" for s in _splits(c, "train", "seg", "cam")], "CAMs"),
     Stage("eval-cam", ("cam.background_scale", "cam.sweep"), ("make-cam",), _run_eval_cam,
           lambda c: ["cam_eval.json"], "stage-1 pseudo-labels"),
     Stage("ir-label", ("crf", "ir_label"), ("make-cam",), _run_ir_label,
           lambda c: [f"ir_labels/{c.data.train_split}"], "IR labels"),
-    Stage("irn", ("irn",), ("ir-label",), _run_irn, lambda c: ["irn"], "IRN"),
+    Stage("irn", ("irn", "runtime.amp"), ("ir-label",), _run_irn, lambda c: ["irn"], "IRN"),
     Stage("make-seg-labels", ("random_walk",), ("irn", "make-cam"), _run_make_seg_labels,
           lambda c: [f"seg_labels/{s}" for s in _splits(c, "seg", "cam")], "random-walk labels"),
     Stage("eval-seg-labels", (), ("make-seg-labels",), _run_eval_seg_labels,
           lambda c: ["seg_labels_eval.json"], "random-walk pseudo-labels"),
-    Stage("seg", _SEG_TRAIN_FIELDS, ("make-seg-labels",), _run_seg, lambda c: ["seg"], "DeepLabV3"),
+    Stage("seg", _SEG_TRAIN_FIELDS + ("runtime.amp",), ("make-seg-labels",), _run_seg, lambda c: ["seg"], "DeepLabV3"),
     Stage("eval-seg", ("data.eval_split", "seg.test_scales", "seg.test_flip", "seg.test_crf", "crf"), ("seg",), _run_eval_seg,
           lambda c: ["seg_eval.json"], "DeepLabV3"),
 )  # fmt: skip
@@ -178,12 +180,16 @@ def _ancestors(name: str) -> list[str]:
     return seen
 
 
-def stage_hashes(cfg: RunConfig) -> dict[str, dict[str, Any]]:
-    """Per stage: ``config_hash`` (own + ancestors' sections), ``inputs`` {stage: key}, ``key``."""
+def stage_hashes(cfg: Any, sections: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, Any]]:
+    """Per stage: ``config_hash`` (own + ancestors' sections), ``inputs`` {stage: key}, ``key``.
+
+    ``sections`` replaces some stages' own section lists (aesipe 0.1's, see ``pipeline_legacy``)."""
+    own = {stage.name: stage.sections for stage in STAGES} | (sections or {})
     out: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
-        names = [n for a in [*_ancestors(stage.name), stage.name] for n in _BY_NAME[a].sections]
-        if stage.name == "eval-seg" and not cfg.seg.test_crf:
+        names = [n for a in [*_ancestors(stage.name), stage.name] for n in own[a]]
+        seg = cfg.seg if isinstance(cfg.seg, dict) else to_dict(cfg.seg)
+        if stage.name == "eval-seg" and not seg["test_crf"]:
             names.remove("crf")  # the CRF settings matter only when the CRF runs
         chash = config_hash(_sections(cfg, tuple(dict.fromkeys(names))))
         inputs = {p: out[p]["key"] for p in stage.inputs}
@@ -237,6 +243,10 @@ def run_pipeline(
     hashes = stage_hashes(cfg)
     manifest = read_manifest(run_dir)
     records = manifest["stages"]
+    adopted = adopt_legacy_records(records, cfg, hashes)
+    if adopted:
+        echo(f"[manifest] {adopted} stage record(s) of aesipe 0.1 adopted: same settings, nothing redone")
+        _write_manifest(run_dir, manifest)
     forced = set(STAGE_NAMES[STAGE_NAMES.index(start):]) if start else set()
     last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
     for stage in STAGES[: last + 1]:
@@ -254,7 +264,8 @@ def run_pipeline(
         elif record is not None and record.get("status") == "running":
             echo(f"[{stage.name}] resuming an interrupted run")
         echo(f"[{stage.name}] running")
-        records[stage.name] = {**hashes[stage.name], "status": "running", "outputs": outputs, "started": _now()}
+        records[stage.name] = {**hashes[stage.name], "schema": SCHEMA_VERSION, "status": "running", "outputs": outputs,
+                               "started": _now()}
         _write_manifest(run_dir, manifest)
         metrics = stage.run(cfg)
         records[stage.name].update(status="done", finished=_now(), **({"metrics": metrics} if metrics else {}))

@@ -4,9 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from aesipe.config import load_config, read_config, save_config
-
-from .config import RunConfig
+from aesipe.config import RunConfig, load_config, save_config
+from aesipe.config.schema import read_run_config
 
 CONFIG_NAME = "config.toml"
 
@@ -24,7 +23,7 @@ def resolve_run_config(
 
     run_dir = Path(run_dir)
     saved = run_dir / CONFIG_NAME
-    base = to_dict(read_config(RunConfig, saved)) if saved.is_file() else {}
+    base = to_dict(read_run_config(saved)) if saved.is_file() else {}
     base["run_dir"] = str(run_dir)
     cfg = load_config(RunConfig, recipe, list(overrides), base=base)
     if save:

@@ -6,7 +6,7 @@ The names here are numpy/Pillow only; the torch datasets and augmentations are i
 from __future__ import annotations
 
 from .dataset import SegmentationDataset, image_size, open_dataset, resolve_split
-from .tags import format_tags_csv, read_tags_csv
+from aesipe.tags import format_tags_csv, read_tags_csv
 from .voc import VOC_CLASSES
 
 __all__ = [

@@ -16,22 +16,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
 
+from aesipe.constants import IMAGE_SUFFIXES
+from aesipe.imaging import ImageReadError, image_size, read_rgb
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png, voc_palette
 
 from . import voc
 from .labelcache import derive_labels
-from .tags import read_tags_csv
+from aesipe.tags import read_tags_csv
 
 if TYPE_CHECKING:
-    from aesipe.train.config import DataConfig
+    from aesipe.config import DataConfig
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CLASS_NAMES_FILE = "class_names.txt"
-_EXIF_ORIENTATION = 0x0112
-_ORIENTATIONS_THAT_SWAP_AXES = (5, 6, 7, 8)
 
 
 def _files_by_stem(folder: Path | None, suffixes: Sequence[str]) -> dict[str, Path]:
@@ -45,15 +43,6 @@ def _files_by_stem(folder: Path | None, suffixes: Sequence[str]) -> dict[str, Pa
             if dot and f".{suffix.lower()}" in suffixes and entry.is_file():
                 found.setdefault(stem, Path(entry.path))
     return found
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image as ``load_image`` returns it (EXIF rotation applied), header only."""
-    with Image.open(path) as image:
-        width, height = image.size
-        if image.getexif().get(_EXIF_ORIENTATION) in _ORIENTATIONS_THAT_SWAP_AXES:
-            width, height = height, width
-    return height, width
 
 
 @dataclass
@@ -92,12 +81,11 @@ class SegmentationDataset:
         return self.mask_paths.get(image_id)
 
     def load_image(self, image_id: str) -> np.ndarray:
-        """uint8 H x W x 3 RGB, with the EXIF orientation applied (as a viewer shows the photo)."""
+        """uint8 H x W x 3 RGB, upright (``aesipe.imaging``: the decoder aesipe-label uses too)."""
         path = self.image_path(image_id)
         try:
-            with Image.open(path) as image:
-                return np.array(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)  # writable
-        except OSError as exc:
+            return read_rgb(path)
+        except ImageReadError as exc:
             raise UserError(f"cannot read image {path}: {exc}") from None
 
     def load_mask(self, image_id: str) -> np.ndarray | None:

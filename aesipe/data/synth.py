@@ -27,7 +27,7 @@ from aesipe.utils.atomic import atomic_write_bytes, atomic_write_text
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import encode_label_png, load_label_png, voc_palette
 
-from .tags import format_tags_csv
+from aesipe.tags import format_tags_csv
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """``python -m aesipe.ops build [--cuda|--cpu-only] [--verbose]`` and ``python -m aesipe.ops info``.
 
 ``build`` compiles the PAMR op library ahead of time into the cache (e.g. in a Docker image or on a login
-node before GPU jobs start); later processes load it without a compiler. ``info`` shows what a build
-would do here and whether it is cached, without building.
+node before GPU jobs start; ninja recompiles only what changed); later processes load it without a
+compiler. ``info`` shows what a build would do here and whether it is cached, without building.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m aesipe.ops", description="Build ahead of time, or inspect, the compiled PAMR op library."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="compile (or reuse) the op library and load it once")
+    build = commands.add_parser("build", help="compile the op library into the cache (up-to-date parts are reused)")
     which = build.add_mutually_exclusive_group()
     which.add_argument("--cuda", action="store_true", help="include the CUDA kernels (no GPU needed)")
     which.add_argument("--cpu-only", action="store_true", help="skip the CUDA kernels even if a GPU is visible")

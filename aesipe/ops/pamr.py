@@ -173,8 +173,9 @@ class PAMR(nn.Module):
     """``pamr`` as a module (no parameters): ``PAMR(num_iter, dilations, backend)(image, mask)``.
 
     Scriptable: ``torch.jit.script(PAMR())`` compiles to the fused op (it loads the op library first);
-    load it elsewhere with ``torch.ops.load_library(aesipe.ops._build.library_path())`` before
-    ``torch.jit.load``.
+    load it elsewhere with ``torch.ops.load_library(path)`` before ``torch.jit.load``, ``path`` being
+    ``aesipe.ops._build.find_built_library()`` (a cached build; never compiles) or the exporter's
+    ``library_path()``.
     """
 
     def __init__(self, num_iter: int = 10, dilations: Sequence[int] = DEFAULT_DILATIONS, backend: str = "auto"):

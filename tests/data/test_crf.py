@@ -8,8 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from aesipe.train import crf as crf_ops
-from aesipe.train.config import CrfConfig
+from aesipe import crf as crf_ops
+from aesipe.pseudo_labels import scaled_argmax
+from aesipe.train.parallel import parallel_map
+from aesipe.config import CrfConfig
 from aesipe.utils.errors import UserError
 
 from .conftest import BAND_COLOURS, band_map, graded_u
@@ -34,8 +36,8 @@ def test_ir_rule_by_hand():
 
 def test_scaled_argmax_scales_only_the_background():
     maps = np.array([[[0.9, 0.6]], [[0.8, 0.7]]], np.float32)  # 2 channels, 1x2 pixels
-    np.testing.assert_array_equal(crf_ops.scaled_argmax(maps, 1.0), [[0, 1]])
-    np.testing.assert_array_equal(crf_ops.scaled_argmax(maps, 0.8), [[1, 1]])
+    np.testing.assert_array_equal(scaled_argmax(maps, 1.0), [[0, 1]])
+    np.testing.assert_array_equal(scaled_argmax(maps, 0.8), [[1, 1]])
     assert maps[0, 0, 0] == np.float32(0.9)  # the input is not modified
 
 
@@ -77,5 +79,5 @@ def test_label_and_ir_protocols_on_a_banded_image():
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_parallel_map_keeps_order(workers):
-    results = crf_ops.parallel_map(operator.mul, list(range(7)), 10, workers, "test", progress=False)
+    results = parallel_map(operator.mul, list(range(7)), 10, workers, "test", progress=False)
     assert list(results) == [10 * i for i in range(7)]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from aesipe.config import from_dict
 from aesipe.train.cli import app
-from aesipe.train.config import RunConfig
+from aesipe.config import RunConfig
 from aesipe.train.stages.evaluate import evaluate_cams
 from aesipe.utils.labelpng import load_label_png
 

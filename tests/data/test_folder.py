@@ -11,7 +11,7 @@ from PIL import Image
 
 from aesipe.data import open_dataset, read_tags_csv, resolve_split
 from aesipe.data.labelcache import labels_from_mask
-from aesipe.train.config import DataConfig
+from aesipe.config import DataConfig
 from aesipe.utils.errors import UserError
 
 from .conftest import write_image, write_mask
@@ -156,7 +156,7 @@ def test_data_core_imports_without_torch(synth_root):
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from aesipe.data import open_dataset\n"
-        "from aesipe.train.config import DataConfig\n"
+        "from aesipe.config import DataConfig\n"
         f"ds = open_dataset(DataConfig(root={str(synth_root)!r}), 'train')\n"
         "ds.load_image(ds.ids[0]); ds.load_mask(ds.ids[0]); print(len(ds))\n"
     )

@@ -11,7 +11,7 @@ from aesipe.data import open_dataset
 from aesipe.data.labelcache import labels_from_mask
 from aesipe.data.synth import CLASSES, generate, render_scene
 from aesipe.train.cli import app
-from aesipe.train.config import DataConfig
+from aesipe.config import DataConfig
 from aesipe.utils.errors import UserError
 
 

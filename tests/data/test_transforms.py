@@ -18,7 +18,7 @@ from aesipe.data.transforms import (
     normalize,
     random_crop,
 )
-from aesipe.train.config import DataConfig
+from aesipe.config import DataConfig
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import save_label_png, voc_palette
 

@@ -9,7 +9,7 @@ import pytest
 
 from aesipe.data import VOC_CLASSES, open_dataset, resolve_split
 from aesipe.data.labelcache import cache_dir
-from aesipe.train.config import DataConfig
+from aesipe.config import DataConfig
 from aesipe.utils.errors import UserError
 
 from .conftest import FAKE_VOC_TRAIN, FAKE_VOC_VAL, write_mask

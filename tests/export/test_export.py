@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from aesipe.export.api import build_graph
+from aesipe.export.api import build_graph, cam_settings_of
 from aesipe.export.cli import app
 from aesipe.export.sources import load_source
 from aesipe.export.verify import sample_inputs
@@ -21,7 +21,8 @@ runner = CliRunner()
 
 def _reference(run, what):
     loaded = load_source(run / ("seg/final.pt" if what == "segmenter" else "stage1/final.pt"))
-    return build_graph(loaded, loaded.net, pamr=True, half=False)
+    test_time = cam_settings_of(loaded) if what != "segmenter" else None
+    return build_graph(loaded, loaded.net, test_time, half=False)
 
 
 def test_onnx_metadata_and_dynamic_inputs(seg_onnx):

@@ -11,7 +11,7 @@ from aesipe.config import to_dict
 from aesipe.export import sources
 from aesipe.export.api import export_model
 from aesipe.infer import Labeler
-from aesipe.train.config import RunConfig
+from aesipe.config import RunConfig
 
 CLASSES = ["background", "cat", "dog", "car"]
 

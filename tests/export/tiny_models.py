@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aesipe.config import to_dict
-from aesipe.train.config import RunConfig
+from aesipe.config import RunConfig
 
 CLASSES = ["background", "cat", "dog", "car"]
 _cache: dict[tuple, Path] = {}
@@ -42,17 +42,23 @@ class TinyAesipe(nn.Module):
         self.features = nn.Conv2d(3, 8, 16, stride=16)
         self.classifier = nn.Conv2d(8, num_foreground, 1, bias=False)
 
-    def maps(self, x, labels):
-        cam = F.relu(self.classifier(F.relu(self.features(x))))
+    def maps(self, x, labels, flip: bool = False):
+        if flip:  # a stand-in for the network's flip fusion: the mirror's activations summed in
+            both = F.relu(self.classifier(F.relu(self.features(torch.cat([x, x.flip(-1)])))))
+            cam = F.relu(both[: len(x)] + both[len(x):].flip(-1))
+        else:
+            cam = F.relu(self.classifier(F.relu(self.features(x))))
         cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + 1e-5) * labels[:, :, None, None]
         full = torch.cat([1 - cam.amax(dim=1, keepdim=True), cam], dim=1)
         return {"cam": full, "iscam": full.sqrt(), "aeiscam": full ** 2}
 
 
 def tiny_config() -> RunConfig:
+    """One test-time scale (the stand-in's 16-px kernel needs inputs of 16 px or more), PAMR per scale."""
     cfg = RunConfig()
     model = dataclasses.replace(cfg.model, pamr_iters=2, pamr_dilations=(1, 2), pamr_backend="reference")
-    return dataclasses.replace(cfg, model=model)
+    cam = dataclasses.replace(cfg.cam, scales=(1.0,), flip=False, pamr="per_scale")
+    return dataclasses.replace(cfg, model=model, cam=cam)
 
 
 @contextlib.contextmanager

@@ -122,7 +122,7 @@ def test_files_not_from_aesipe_export_are_refused(photo_folder, tmp_path):
 
 
 def test_interrupted_run_resumes_and_loses_nothing(seg_onnx, photo_folder, tmp_path, monkeypatch):
-    from aesipe.infer import pipeline
+    from aesipe.infer import folder as pipeline
 
     clean = tmp_path / "clean"
     assert _label(seg_onnx, photo_folder, clean, "--workers", "1").exit_code == 0
@@ -137,7 +137,7 @@ def test_interrupted_run_resumes_and_loses_nothing(seg_onnx, photo_folder, tmp_p
     monkeypatch.setattr(pipeline, "save_label_png", interrupted_save)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run_folder(seg_onnx, photo_folder, out, workers=1, batch_size=1, progress=False)
+        pipeline.label_folder(seg_onnx, photo_folder, out, workers=1, batch_size=1, progress=False)
     written = sorted(p.name for p in (out / "masks").rglob("*.png"))
     assert 2 <= len(written) < 5 and not list(out.rglob(".*.tmp"))
     monkeypatch.setattr(pipeline, "save_label_png", real_save)
@@ -184,7 +184,7 @@ def test_test_time_scales_and_flip(seg_onnx, photo_folder, tmp_path):
 
 
 def test_crf_option(seg_onnx, photo_folder, tmp_path):
-    from aesipe.infer.postprocess import crf_available
+    from aesipe.crf import crf_available
 
     result = _label(seg_onnx, photo_folder, tmp_path, "--crf")
     if crf_available():
@@ -194,7 +194,7 @@ def test_crf_option(seg_onnx, photo_folder, tmp_path):
 
 
 def test_a_model_failure_on_one_image_fails_only_that_image(seg_onnx, photo_folder, tmp_path, monkeypatch):
-    from aesipe.infer import pipeline
+    from aesipe.infer import folder as pipeline
     from aesipe.infer.api import Labeler
 
     real_run_batch = Labeler.run_batch
@@ -208,7 +208,7 @@ def test_a_model_failure_on_one_image_fails_only_that_image(seg_onnx, photo_fold
 
     monkeypatch.setattr(Labeler, "run_batch", flaky_run_batch)
     out = tmp_path / "out"
-    pipeline.run_folder(seg_onnx, photo_folder, out, workers=1, batch_size=4, progress=False)
+    pipeline.label_folder(seg_onnx, photo_folder, out, workers=1, batch_size=4, progress=False)
     data = json.loads((out / "report.json").read_text())
     failed = {k: v for k, v in data["images"].items() if v["status"] != "ok"}
     assert list(failed) == ["b.png"]

@@ -1,14 +1,16 @@
 """Shared fixtures for the PAMR tests: the built op library, devices, implementations, inputs.
 
 The suite runs with ``--import-mode=importlib``, so helpers are handed out as fixtures rather than
-imported. The op library is built once per session into the normal cache (``AESIPE_CACHE_DIR`` or
-``~/.cache/aesipe``), so later runs load it in well under a second. Tests needing the compiled op skip
-only when no C++ compiler exists; any other build failure fails them.
+imported. The op library is built once per session into a private cache, ``build/test-cache`` in the
+checkout (git-ignored, removed by ``make clean``), never the user's ``~/.cache``; later runs load it
+without compiling. Tests needing the compiled op skip only when no C++ compiler exists (and nothing is
+cached); any other build failure fails them.
 """
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -17,6 +19,11 @@ import torch
 from aesipe.ops import _build
 from aesipe.ops.pamr_decomposed import pamr_decomposed
 from aesipe.ops.pamr_reference import pamr_reference
+
+# Set from configure to unconfigure, so it covers every test of the session (the op library is loaded once
+# per process, by whichever test needs it first) and the subprocesses they start.
+TEST_CACHE = Path(__file__).resolve().parents[2] / "build" / "test-cache"
+_session_env = pytest.MonkeyPatch()
 
 CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -47,9 +54,17 @@ def _random_inputs(batch, channels, classes, height, width, *, seed=0, dtype=tor
     return image.to(device=device, dtype=dtype), mask.to(device=device, dtype=dtype)
 
 
+def pytest_configure(config):
+    _session_env.setenv(_build.CACHE_ENV, str(TEST_CACHE))
+
+
+def pytest_unconfigure(config):
+    _session_env.undo()
+
+
 @pytest.fixture(scope="session")
 def op_library():
-    """Path of the loaded aesipe::pamr library (built on first use)."""
+    """Path of the loaded aesipe::pamr library (from the private cache, built there on first use)."""
     path = _build.load_library()
     if path is None:
         if shutil.which(os.environ.get("CXX", "c++")) is None:

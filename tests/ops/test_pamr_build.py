@@ -1,4 +1,4 @@
-"""Building, caching and falling back: the lazy op-library build in aesipe.ops._build."""
+"""Building, caching and falling back: the op-library build in aesipe.ops._build."""
 from __future__ import annotations
 
 import importlib
@@ -81,9 +81,14 @@ def test_missing_compiler_is_reported(fresh_state, monkeypatch):
 
 
 def test_first_error_line_picks_the_compiler_error():
-    log = "Error building extension 'aesipe_pamr': [1/2] c++ -c pamr.cpp\nFAILED: pamr.o\npamr.cpp:3:1: error: boom\n"
+    log = "Error building extension 'aesipe_pamr': [1/2] c++ -I/src/terror -c pamr.cpp\nFAILED: pamr.o\n"
+    log += "c++ -I/src/terror -c pamr.cpp\npamr.cpp:3:1: error: boom\ncollect2: error: ld returned 1\n"
     assert _build.first_error_line(log) == "pamr.cpp:3:1: error: boom"
-    assert _build.first_error_line("just text\nmore") == "just text"
+    # No compiler error: the child's exception, printed last (after cpp_extension's log noise).
+    noise = "W1201 cpp_extension.py:183] No CUDA runtime is found\n"
+    assert _build.first_error_line(noise + "RuntimeError: Ninja is required\n") == "RuntimeError: Ninja is required"
+    assert _build.first_error_line(noise + "IndexError: list index out of range") == "IndexError: list index out of range"
+    assert _build.first_error_line("") == "unknown error"
 
 
 def test_disable_env_forces_the_reference_in_a_fresh_process():
@@ -115,13 +120,25 @@ print(json.dumps({
 
 
 def test_cached_library_loads_without_a_compiler(op_library):
-    # The session build left a finished build in the cache: a new process needs no compiler to use it.
-    assert (op_library.parent / "build.json").is_file()
-    assert _build.info()["cached"] is True
+    # The session build is in the private cache: a new process loads it with no compiler, ninja or nvcc.
+    assert Path(os.environ[_build.CACHE_ENV]) in op_library.parents and _build.info()["cached"] is True
     code = "from aesipe.ops import pamr_backend_for, _build; print(pamr_backend_for('cpu'), _build.library_path())"
-    result = run_python(code, {"PATH": "/nonexistent"})  # no c++, no ninja, no nvcc
+    result = run_python(code, {"PATH": "/nonexistent", "CXX": "/nonexistent/c++"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["fused", str(op_library)]
+
+
+def test_find_built_library_finds_only_a_matching_build(op_library, monkeypatch, tmp_path):
+    assert _build.find_built_library() == op_library  # the session build, found without compiling
+    assert _build.find_built_library(cuda=_build._STATE.cuda) == op_library
+    src = tmp_path / "src"
+    shutil.copytree(_build.source_dir(), src, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (src / "pamr_common.h").write_text((src / "pamr_common.h").read_text() + "// edited\n")
+    monkeypatch.setenv(_build.SOURCE_ENV, str(src))
+    assert _build.find_built_library() is None  # edited sources: another key, not built yet
+    monkeypatch.delenv(_build.SOURCE_ENV)
+    monkeypatch.setenv(_build.CACHE_ENV, str(tmp_path / "empty"))
+    assert _build.find_built_library() is None and _build.info()["cached"] is False
 
 
 def test_build_key_tracks_sources_and_cuda(tmp_path):
@@ -145,36 +162,35 @@ def test_cli_info_and_build(op_library, capsys):
     assert ops_cli(["info"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["source_dir"] == str(_build.source_dir()) and info["torch"] == torch.__version__
+    assert info["built_library"] == info["loaded"] == str(op_library)
     assert ops_cli(["build"]) == 0  # already loaded here: reports the path without rebuilding
     assert str(op_library) in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_two_processes_build_once(tmp_path, op_library):
-    # Both start on an empty cache; the file lock makes the second wait and load the first one's build.
-    code = """
-import logging, sys
-logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-from aesipe.ops import _build
-print("LIB", _build.build(cuda=False))
-"""
-    env = {**os.environ, _build.CACHE_ENV: str(tmp_path / "cache")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+def test_two_processes_build_once(tmp_path, monkeypatch):
+    # Both start on an empty cache; cpp_extension's lock makes the second wait, and ninja then finds it built.
+    monkeypatch.setenv(_build.CACHE_ENV, str(tmp_path / "cache"))
+    assert _build.find_built_library(cuda=False) is None
+    code = "from aesipe.ops import _build; print('LIB', _build.build(cuda=False))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     procs = [
         subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
     ]
     outputs = [proc.communicate(timeout=600)[0] for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), outputs
-    assert sum("compiling the PAMR op library" in out for out in outputs) == 1, outputs
-    libs = {line for out in outputs for line in out.splitlines() if line.startswith("LIB ")}
-    assert len(libs) == 1
+    libs = {line.split(" ", 1)[1] for out in outputs for line in out.splitlines() if line.startswith("LIB ")}
+    assert len(libs) == 1 and _build.find_built_library(cuda=False) == Path(libs.pop())
+    ninja_log = (_build.find_built_library(cuda=False).parent / ".ninja_log").read_text().splitlines()
+    links = [line for line in ninja_log if line.split("\t")[-2:-1] == [_build.LIB_FILE]]
+    assert len(links) == 1, ninja_log  # linked once: the second process compiled nothing
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.version.cuda, reason="torch is not a CUDA build")
 @pytest.mark.skipif(_build.cuda_home() is None, reason="nvcc not found")
-def test_cuda_sources_compile(tmp_path):
+def test_cuda_sources_compile(tmp_path, monkeypatch):
     # Compile-only where no GPU is visible: the AOT command forces the CUDA kernels into a private cache.
     result = subprocess.run(
         [sys.executable, "-m", "aesipe.ops", "build", "--cuda"],
@@ -188,7 +204,8 @@ def test_cuda_sources_compile(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(CPU+CUDA)" in result.stdout
     library = Path(result.stdout.strip().split(": ", 1)[1])
-    assert library.is_file() and json.loads((library.parent / "build.json").read_text())["cuda"] is True
+    monkeypatch.setenv(_build.CACHE_ENV, str(tmp_path / "cache"))
+    assert library.is_file() and _build.find_built_library(cuda=True) == library
     check = "import torch; torch.ops.load_library(%r); " % str(library)
     check += "print(torch._C._dispatch_has_kernel_for_dispatch_key('aesipe::pamr', 'CUDA'))"
     probe = run_python(check, {})

@@ -11,13 +11,12 @@ TINY_OVERRIDES = [
     "data.kind=folder", "data.train_split=train", "data.cam_split=train", "data.eval_split=val", "data.workers=0",
     "model.backbone=mobilenet_v2", "model.no_pretrained=true",
     "train.max_steps=2", "train.batch_size=4", "train.crop_size=48", "train.resize_long=40,56",
-    "train.checkpoint_every=1", "train.log_every=1", "train.device=cpu",
+    "train.checkpoint_every=1", "train.log_every=1", "runtime.device=cpu",
     "cam.scales=1.0", "crf.workers=1", "ir_label.workers=1",
     "irn.backbone=mobilenet_v2", "irn.no_pretrained=true", "irn.crop_size=48", "irn.path_radius=4",
-    "irn.batch_size=4", "irn.max_steps=2", "irn.checkpoint_every=1", "irn.log_every=1", "irn.device=cpu",
-    "random_walk.device=cpu",
+    "irn.batch_size=4", "irn.max_steps=2", "irn.checkpoint_every=1", "irn.log_every=1",
     "seg.backbone=mobilenet_v2", "seg.no_pretrained=true", "seg.crop_size=48", "seg.batch_size=4",
-    "seg.max_steps=2", "seg.checkpoint_every=1", "seg.log_every=1", "seg.device=cpu",
+    "seg.max_steps=2", "seg.checkpoint_every=1", "seg.log_every=1",
 ]  # fmt: skip
 TINY_SYNTH = {"num_train": 10, "num_val": 4, "size": 48, "num_classes": 3}
 

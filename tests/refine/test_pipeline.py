@@ -134,7 +134,7 @@ def test_from_and_until(demo_out, tmp_path):
 
 def test_demo_toml_mirrors_the_builtin_recipe():
     from aesipe.config import from_dict
-    from aesipe.train.config import RunConfig
+    from aesipe.config import RunConfig
     from aesipe.train.demo import DEMO_RECIPE
 
     recipe = tomllib.loads((REPO / "configs" / "demo.toml").read_text())

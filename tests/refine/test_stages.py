@@ -56,7 +56,7 @@ def test_irn_trains_resumes_and_feeds_the_random_walk(run_dir, tiny_data, tiny_c
 @pytest.mark.parametrize("background_threshold", [None, 0.3])
 def test_walk_labels_follow_a_boundary_map(background_threshold):
     # Noisy maps of a rectangle + an edge map that marks its border: the walk restores the rectangle.
-    from aesipe.train.config import RandomWalkConfig
+    from aesipe.config import RandomWalkConfig
     from aesipe.train.stages.random_walk import labels_from_walk
 
     height, width = 45, 62  # odd sizes: the x4 upsampling is cropped back to the image
@@ -116,8 +116,8 @@ def test_eval_seg_with_crf(run_dir, tiny_data, tiny_config, labels_from_masks):
 
 def test_probability_crf_follows_colour_edges():
     pytest.importorskip("pydensecrf.densecrf")
-    from aesipe.train.config import CrfConfig
-    from aesipe.train.stages.seg_eval import crf_from_probabilities
+    from aesipe.config import CrfConfig
+    from aesipe.crf import crf_from_probabilities
 
     image = np.zeros((40, 40, 3), np.uint8)
     image[:, 20:] = (220, 40, 40)  # a red right half

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from aesipe.config import load_config
-from aesipe.train.config import RunConfig
+from aesipe.config import RunConfig
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def tiny_overrides(root: Path, backbone: str = "mobilenet_v2", **extra) -> list[
         "model.backbone": backbone, "model.no_pretrained": "true",
         "model.pamr_backend": "reference",  # no op-library build inside the tests
         "train.batch_size": 2, "train.crop_size": 48, "train.resize_long": "40,56",
-        "train.max_steps": 4, "train.checkpoint_every": 2, "train.log_every": 1, "train.device": "cpu",
+        "train.max_steps": 4, "train.checkpoint_every": 2, "train.log_every": 1, "runtime.device": "cpu",
         "cam.scales": "1.0,0.5",
     }
     settings.update(extra)

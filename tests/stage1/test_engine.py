@@ -9,7 +9,7 @@ import torch
 from aesipe.config import from_dict, to_dict
 from aesipe.train import checkpoint as ckpt_io
 from aesipe.train import engine, loop
-from aesipe.train.config import RunConfig
+from aesipe.config import RunConfig
 from aesipe.utils.errors import UserError
 
 

@@ -14,7 +14,7 @@ from aesipe.models.aesipe_net import AESIPENet
 from aesipe.train import checkpoint as ckpt_io
 from aesipe.train import engine
 from aesipe.train.cli import app
-from aesipe.train.config import RunConfig
+from aesipe.config import RunConfig
 from aesipe.train.stages import stage1
 from aesipe.train.stages.make_cam import make_cams
 

@@ -10,7 +10,7 @@ channel (1 - max over *all* classes' CAMs, as the network computes it before the
 CAM files of aesipe 0.1 stored only the foreground channels of ``cam``; for those the background is
 rebuilt as ``1 - max`` over the image's own classes, which can only be larger than the network's.
 
-With a CRF protocol (see ``aesipe.train.crf``), the swept scale is the one before the label-CRF
+With a CRF protocol (see ``aesipe.crf``), the swept scale is the one before the label-CRF
 (``label``) or the bg_conf scale of the IR labels (``ir``; fg_conf uses ``ir_label.fg_background_scale``),
 and unsure IR pixels count as background.
 """
@@ -23,13 +23,15 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from aesipe import crf as crf_ops
+from aesipe.config import CrfConfig, RunConfig
+from aesipe.pseudo_labels import to_labels
 from aesipe.data import SegmentationDataset, open_dataset
 from aesipe.utils.atomic import atomic_write_text
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
 
-from .. import crf as crf_ops
-from ..config import CrfConfig, RunConfig
+from ..parallel import parallel_map
 from ..metrics import ConfusionMatrix, confusion_matrix, format_table
 
 MapKey = Literal["maps", "cam", "iscam", "aeiscam"]
@@ -73,11 +75,6 @@ def load_cam_file(path: Path, map_key: MapKey = "maps") -> tuple[np.ndarray, np.
     return classes, maps
 
 
-def predict(maps: np.ndarray, classes: np.ndarray, background_scale: float) -> np.ndarray:
-    """uint8 label values: ``classes[argmax]`` after background x scale."""
-    return np.asarray(classes, np.uint8)[crf_ops.scaled_argmax(maps, background_scale)]
-
-
 def cam_paths(cfg: RunConfig, ds: SegmentationDataset, split: str) -> dict[str, Path]:
     """``{id: npz path}`` for every image of the split; a missing file is a UserError."""
     folder = cam_dir(cfg, split)
@@ -107,7 +104,7 @@ class _EvalContext:
 def _predictions(ctx: _EvalContext, image_id: str, classes: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
     """One label-value map per background scale, under the context's protocol."""
     if ctx.protocol is None:
-        return [predict(maps, classes, s) for s in ctx.scales]
+        return [to_labels(maps, classes, s) for s in ctx.scales]
     image = ctx.ds.load_image(image_id)
     if image.shape[:2] != maps.shape[1:]:
         raise UserError(f"{ctx.cams[image_id]}: maps are {maps.shape[2]}x{maps.shape[1]} but the image is "
@@ -167,7 +164,7 @@ def evaluate_cams(
     per_scale = [ConfusionMatrix(ds.class_names) for _ in scales]
     workers = cfg.crf.workers if crf_protocol else 1  # without a CRF the work is too light to share
     desc = f"eval-cam {split}" + (f" +CRF({crf_protocol})" if crf_protocol else "")
-    for matrices in crf_ops.parallel_map(_image_confusions, ds.ids, ctx, workers, desc, progress):
+    for matrices in parallel_map(_image_confusions, ds.ids, ctx, workers, desc, progress):
         for accumulator, matrix in zip(per_scale, matrices):
             accumulator.add(matrix)
 

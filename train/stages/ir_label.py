@@ -1,7 +1,7 @@
 """IR labels for IRN (stage 2): confident foreground / background regions from the CAMs + dense CRF.
 
 ``<run>/ir_labels/<split>/<id>.png``: palette PNGs of label values with 255 = unsure, made by
-``aesipe.train.crf.ir_labels`` (fg_conf = CRF(argmax of the maps as they are), bg_conf = CRF(argmax
+``aesipe.crf.ir_labels`` (fg_conf = CRF(argmax of the maps as they are), bg_conf = CRF(argmax
 with background x ``ir_label.bg_background_scale``)). Parallel over images, resumable (finished PNGs
 are kept while the settings stay the same), each PNG written atomically.
 """
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from aesipe import crf as crf_ops
+from aesipe.config import CrfConfig, IrLabelConfig, RunConfig
 from aesipe.data import SegmentationDataset, open_dataset
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import save_label_png
 
-from .. import crf as crf_ops
-from ..config import CrfConfig, IrLabelConfig, RunConfig
-from .evaluate import cam_paths, load_cam_file
+from .evaluate import cam_dir, cam_paths, load_cam_file
 from .pseudo_labels import prepare_label_dir, write_label_pngs
 
 
@@ -56,7 +56,8 @@ def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = Tr
         "bg_background_scale": cfg.ir_label.bg_background_scale,
         "crf": asdict(cfg.crf) | {"workers": None, "protocol": None},
     }
-    prepare_label_dir(out_dir, settings)
-    ctx = _IrContext(ds, cam_paths(cfg, ds, split), out_dir, cfg.crf, cfg.ir_label)
+    cams = cam_paths(cfg, ds, split)
+    prepare_label_dir(out_dir, settings, cam_dir(cfg, split))
+    ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label)
     write_label_pngs(out_dir, ds.ids, _write_ir_label, ctx, cfg.ir_label.workers, f"ir-labels {split}", progress)
     return out_dir

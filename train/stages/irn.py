@@ -14,14 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aesipe.config import from_dict, save_config, to_dict
+from aesipe.config import RunConfig, run_config_from_saved, save_config, to_dict
 from aesipe.models.irn import IRNet, build_irn, irn_losses
 from aesipe.models.path_index import PathIndex, path_index
 from aesipe.utils.errors import UserError
 
 from .. import checkpoint as ckpt_io
 from .. import engine, loop
-from ..config import RunConfig
 
 STAGE_DIR = "irn"
 
@@ -96,26 +95,17 @@ def train_irn(cfg: RunConfig) -> Path:
     labels = ir_label_dir(cfg, split)
     if not labels.is_dir():
         raise UserError(f"no IR labels in {labels}: run `aesipe-train ir-label {cfg.run_dir}` first")
-    info = engine.init_distributed(c.device)
+    info = engine.init_distributed(cfg.runtime.device)
     try:
-        device = engine.select_device(c.device, info.local_rank if info.enabled else None)
+        device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(c.seed)
         ds = open_dataset(cfg.data, split)
         crops = SegTrainDataset(ds, labels, c.crop_size, c.scale_range, flip=True, jitter=0.0, seed=c.seed)
         dataset = AffinityDataset(crops, index)
         model = build_irn(c.backbone, backbone_weights(cfg, c.backbone, c.pretrained), c.no_pretrained)
-        edge_params, dp_params = model.trainable_parameters()
-        lr = engine.resolve_lr(c.lr, c.reference_optimizer)
-        groups = engine.param_groups([edge_params, dp_params], [lr, lr * c.displacement_lr_mult], c.weight_decay)
-        optimizer = engine.build_sgd(groups, lr, c.momentum, c.weight_decay, reference=c.reference_optimizer)
-        max_steps = engine.total_steps(len(ds), c.batch_size, c.epochs, c.max_steps, info.world_size)
-        if max_steps < 1:
-            raise UserError(f"irn: {len(ds)} images make no full batch of irn.batch_size={c.batch_size}")
-        scheduler = engine.make_poly_scheduler(optimizer, max_steps, c.poly_power)
-        spec = loop.LoopSpec(
-            stage_dir=irn_dir(cfg), kind="irn", max_steps=max_steps, batch_size=c.batch_size,
-            checkpoint_every=c.checkpoint_every, log_every=c.log_every, amp=c.amp, seed=c.seed,
-            workers=cfg.data.workers, desc="irn",
+        optimizer, scheduler, spec = loop.solver_setup(
+            c, "irn", model.trainable_parameters(), [1.0, c.displacement_lr_mult], len(ds), info, cfg.runtime,
+            stage_dir=irn_dir(cfg), kind="irn", workers=cfg.data.workers,
         )
         if info.is_main:
             save_config(cfg, Path(cfg.run_dir) / "config.toml")
@@ -133,7 +123,7 @@ def load_irn(cfg: RunConfig, checkpoint: str | Path | None = None) -> tuple[IRNe
     if not path.is_file():
         raise UserError(f"no IRN checkpoint at {path}: run `aesipe-train irn {cfg.run_dir}` first")
     state = ckpt_io.load_checkpoint(path, kind="irn")
-    trained = from_dict(RunConfig, state["config"])
+    trained = run_config_from_saved(state["config"])
     model = build_irn(trained.irn.backbone, no_pretrained=True)
     model.load_state_dict(state["model"])
     return model.eval(), trained

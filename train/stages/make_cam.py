@@ -1,14 +1,16 @@
 """make-cam: multi-scale + flip maps of the stage-1 network for every image of a split.
 
-For each scale the image is resized (bicubic, like the reference), the network's maps are made with the
-image's tags (flip-fused inside ``AESIPENet.maps``), resized to the image (bilinear), summed over scales
-and divided by their per-channel max (+1e-5). Only the image's own classes and the background are kept.
+The maps are ``aesipe.models.pseudo_maps.fused_maps`` (the same function the exported pseudo-labeller runs):
+per ``cam.scales`` the image is resized (bicubic), the network makes its maps with the image's tags
+(``cam.flip`` fuses the mirror inside the network), optionally refined with PAMR (``cam.pamr``), resized to
+the image (bilinear) and summed; ``aesipe.pseudo_labels`` then divides by the per-channel max (+1e-5) and
+keeps the background and the image's own classes.
 
-``<run>/cams/<split>/<id>.npz`` (float16, written atomically; existing files are skipped, so a re-run
-resumes): ``classes`` int64 [K] (0 first), ``maps`` [K, H, W] = the map ``cam.map`` picks,
-``cam`` [K, H, W] the plain CAM (its background is the network's: 1 - max over *all* classes' CAMs),
-``iscam`` [K, H, W] and, for a model with affinity enhancement, ``aeiscam`` [K, H, W] -- so eval can
-judge every map of one run.
+``<run>/cams/<split>/<id>.npz`` (float16, written atomically): ``classes`` int64 [K] (0 first), ``maps``
+[K, H, W] = the map ``cam.map`` picks, ``cam`` [K, H, W] the plain CAM (its background is the network's:
+1 - max over *all* classes' CAMs), ``iscam`` [K, H, W] and, for a model with affinity enhancement,
+``aeiscam`` [K, H, W] -- so eval can judge every map of one run. The folder remembers the checkpoint and
+settings it was made with (``train/outputs.py``): a re-run with the same ones resumes, other ones redo it.
 """
 from __future__ import annotations
 
@@ -17,73 +19,81 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from aesipe.config import from_dict
+from aesipe.config import RunConfig, run_config_from_saved
+from aesipe.constants import IMAGENET_MEAN, IMAGENET_STD, PIXEL_SCALE
 from aesipe.models.aesipe_net import build_aesipe
+from aesipe.models.pseudo_maps import CamSettings, fused_maps
+from aesipe.pseudo_labels import keep_image_classes, max_normalise
 from aesipe.utils.atomic import atomic_save
 from aesipe.utils.errors import UserError
 
 from .. import checkpoint as ckpt_io
 from .. import engine
-from ..config import RunConfig
+from ..outputs import file_identity, prepare_output_dir
 from .evaluate import cam_dir
 from .stage1 import final_checkpoint_path
+
+
+def stage1_checkpoint(cfg: RunConfig, checkpoint: str | Path | None = None) -> Path:
+    path = Path(checkpoint) if checkpoint else final_checkpoint_path(cfg)
+    if path.is_dir():
+        raise UserError(f"--checkpoint {path} is a folder: give a stage-1 checkpoint file such as "
+                        f"{path / 'final.pt'}")
+    if not path.is_file():
+        hint = "" if checkpoint else f": run `aesipe-train train {cfg.run_dir}` first"
+        raise UserError(f"no stage-1 checkpoint at {path}{hint}")
+    return path
 
 
 def load_stage1_model(cfg: RunConfig, checkpoint: str | Path | None = None) -> tuple[torch.nn.Module, list[str]]:
     """The trained network in eval mode and its class names (background first).
 
-    Weights and backbone come from the checkpoint; the inference-only switches (affinity enhancement,
-    its variant, PAMR settings, IS-CAM normalisation) come from ``cfg``, so maps can be re-made with other
-    settings without retraining."""
-    path = Path(checkpoint) if checkpoint else final_checkpoint_path(cfg)
-    if not path.is_file():
-        raise UserError(f"no stage-1 checkpoint at {path}: run `aesipe-train train {cfg.run_dir}` first (or pass --checkpoint)")
-    state = ckpt_io.load_checkpoint(path, kind="aesipe")
-    trained = from_dict(RunConfig, state["config"])
-    cfg = replace(cfg, model=replace(cfg.model, backbone=trained.model.backbone))
+    Weights and architecture (backbone, BatchNorm kind) come from the checkpoint; the inference-only
+    switches (affinity enhancement, its variant, PAMR settings, IS-CAM normalisation) come from ``cfg``,
+    so maps can be re-made with other settings without retraining."""
+    state = ckpt_io.load_checkpoint(stage1_checkpoint(cfg, checkpoint), kind="aesipe")
+    trained = run_config_from_saved(state["config"]).model
+    model_cfg = replace(cfg.model, backbone=trained.backbone, no_pretrained=trained.no_pretrained)
     class_names = list(state["class_names"])
-    model = build_aesipe(cfg, len(class_names) - 1, backbone_weights=False)
+    model = build_aesipe(replace(cfg, model=model_cfg), len(class_names) - 1, backbone_weights=False)
     model.load_state_dict(state["model"])
     return model.eval(), class_names
 
 
-def _resize_bicubic(image: np.ndarray, scale: float) -> np.ndarray:
-    if scale == 1.0:
-        return image
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+def map_keys(model: torch.nn.Module) -> tuple[str, ...]:
+    return ("cam", "iscam", "aeiscam") if model.has_ae else ("cam", "iscam")
 
 
 @torch.no_grad()
 def image_maps(
-    model: torch.nn.Module, image: np.ndarray, labels: np.ndarray, scales, flip: bool, device: torch.device
+    model: torch.nn.Module, image: np.ndarray, labels: np.ndarray, tt: CamSettings, device: torch.device
 ) -> dict[str, np.ndarray]:
-    """Fused maps of one image at its size, each [1+C, H, W] float32 max-normalised per channel."""
-    from aesipe.data.transforms import to_tensor
-
-    h, w = image.shape[:2]
-    tags = torch.from_numpy(labels).to(device)[None]
-    sums: dict[str, torch.Tensor] = {}
-    for scale in scales:
-        x = to_tensor(_resize_bicubic(image, scale))[None].to(device)
-        for key, value in model.maps(x, tags, flip=flip).items():
-            up = F.interpolate(value.float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-            sums[key] = sums[key] + up if key in sums else up
-    return {k: (v / (v.amax(dim=(1, 2), keepdim=True) + 1e-5)).cpu().numpy() for k, v in sums.items()}
+    """Fused maps of one uint8 RGB image at its size, each [1+C, H, W] float32 max-normalised per channel."""
+    image01 = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].float() * PIXEL_SCALE
+    tags = torch.from_numpy(labels)[None]
+    sums = fused_maps(model, image01.to(device), tags.to(device), map_keys(model), tt, IMAGENET_MEAN, IMAGENET_STD)
+    return {key: max_normalise(value[0].cpu().numpy()) for key, value in sums.items()}
 
 
 def cam_record(maps: dict[str, np.ndarray], labels: np.ndarray, map_key: str) -> dict[str, np.ndarray]:
-    """The npz content: keep background + the image's own classes, float16."""
-    keep = np.concatenate([[0], np.flatnonzero(labels > 0) + 1]).astype(np.int64)
-    record = {"classes": keep, "maps": maps[map_key][keep].astype(np.float16)}
+    """The npz content: the background and the image's own classes, float16."""
+    classes, selected = keep_image_classes(maps[map_key], labels)
+    record = {"classes": classes, "maps": selected.astype(np.float16)}
     for key in ("cam", "iscam", "aeiscam"):
         if key in maps:
-            record[key] = maps[key][keep].astype(np.float16)
+            record[key] = keep_image_classes(maps[key], labels)[1].astype(np.float16)
     return record
+
+
+def cam_folder_settings(cfg: RunConfig, checkpoint: Path) -> dict:
+    """Everything that changes a CAM file (the folder is redone when any of it changes)."""
+    m = cfg.model
+    return {"kind": "cams", "checkpoint": str(checkpoint.resolve()), "checkpoint_file": file_identity(checkpoint),
+            "test_time": CamSettings.from_config(cfg).describe() | {"pamr_backend": None},
+            "map": cfg.cam.map, "model": {k: getattr(m, k) for k in (
+                "affinity_enhancement", "ae_variant", "iscam_normalisation", "background_seed_scale",
+                "pamr_iters", "pamr_dilations", "ae_align_corners")}}
 
 
 def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path | None = None, progress: bool = True) -> Path:
@@ -93,20 +103,22 @@ def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path |
     from aesipe.data import open_dataset
 
     split = split or cfg.data.cam_split
-    model, class_names = load_stage1_model(cfg, checkpoint)
+    path = stage1_checkpoint(cfg, checkpoint)
+    model, class_names = load_stage1_model(cfg, path)
     if cfg.cam.map == "aeiscam" and not model.has_ae:
         raise UserError("cam.map=aeiscam needs model.affinity_enhancement=true (or pick cam.map=iscam or cam)")
     ds = open_dataset(cfg.data, split)
     if list(ds.class_names) != class_names:
         raise UserError(f"the checkpoint's classes {class_names} differ from the dataset's {list(ds.class_names)}")
-    device = engine.select_device(cfg.train.device)
+    device = engine.select_device(cfg.runtime.device)
     model.to(device)
     out_dir = cam_dir(cfg, split)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out_dir, cam_folder_settings(cfg, path), "*.npz")
+    tt = CamSettings.from_config(cfg)
     todo = [i for i in ds.ids if not (out_dir / f"{i}.npz").is_file()]
     for image_id in tqdm(todo, desc=f"make-cam {split}", disable=not progress, dynamic_ncols=True):
         labels = ds.labels(image_id)
-        maps = image_maps(model, ds.load_image(image_id), labels, cfg.cam.scales, cfg.cam.flip, device)
+        maps = image_maps(model, ds.load_image(image_id), labels, tt, device)
         record = cam_record(maps, labels, cfg.cam.map)
         atomic_save(out_dir / f"{image_id}.npz", lambda handle: np.savez(handle, **record))
     return out_dir

@@ -1,14 +1,12 @@
 """Pseudo-label PNGs from a run's CAM files (optionally label-CRF refined), and a contact sheet.
 
 Output folders (``pseudo_labels/<split>``, ``ir_labels/<split>``) remember the settings they were
-made with (``.aesipe-labels.json``). A re-run with the same settings resumes: finished PNGs are kept.
-With other settings (or PNGs of unknown origin) the folder's PNGs are removed first, so a folder
-never mixes labels made two ways.
+made with, the CAM folder's included (``train/outputs.py``): a re-run with the same ones resumes, and
+other settings or regenerated CAMs redo the folder, so it never mixes labels made two ways.
 """
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,30 +14,21 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from aesipe import crf as crf_ops
+from aesipe.config import CrfConfig, RunConfig
+from aesipe.pseudo_labels import to_labels
 from aesipe.data import SegmentationDataset, open_dataset
-from aesipe.utils.atomic import atomic_write_bytes, atomic_write_text
+from aesipe.utils.atomic import atomic_write_bytes
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png, overlay, save_label_png
 
-from .. import crf as crf_ops
-from ..config import CrfConfig, RunConfig
-from .evaluate import MapKey, cam_paths, load_cam_file, predict
+from ..outputs import folder_digest, prepare_output_dir
+from ..parallel import parallel_map
+from .evaluate import MapKey, cam_dir, cam_paths, load_cam_file
 
-SETTINGS_FILE = ".aesipe-labels.json"
-
-
-def prepare_label_dir(out_dir: Path, settings: dict) -> None:
-    """Make ``out_dir`` hold only PNGs made with ``settings`` (see module docstring)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    marker = out_dir / SETTINGS_FILE
-    try:
-        if json.loads(marker.read_text()) == settings:
-            return
-    except (OSError, ValueError):
-        pass
-    for stale in out_dir.glob("*.png"):
-        stale.unlink()
-    atomic_write_text(marker, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+def prepare_label_dir(out_dir: Path, settings: dict, cams: Path) -> None:
+    """Make ``out_dir`` hold only PNGs made with ``settings`` from the CAMs in ``cams`` (module docstring)."""
+    prepare_output_dir(out_dir, {**settings, "cams": folder_digest(cams)}, "*.png")
 
 
 def write_label_pngs(
@@ -53,7 +42,7 @@ def write_label_pngs(
 ) -> int:
     """Run ``worker(context, id)`` (which writes ``out_dir/<id>.png``) for every id without a PNG yet."""
     todo = [i for i in ids if not (out_dir / f"{i}.png").is_file()]
-    for _ in crf_ops.parallel_map(worker, todo, context, workers, desc, progress):
+    for _ in parallel_map(worker, todo, context, workers, desc, progress):
         pass
     return len(todo)
 
@@ -71,7 +60,7 @@ class _PseudoLabelContext:
 def _write_pseudo_label(ctx: _PseudoLabelContext, image_id: str) -> str:
     classes, maps = load_cam_file(ctx.cams[image_id], ctx.map_key)
     if ctx.crf is None:
-        labels = predict(maps, classes, ctx.background_scale)
+        labels = to_labels(maps, classes, ctx.background_scale)
     else:
         labels = crf_ops.label_crf(ctx.ds.load_image(image_id), maps, classes, ctx.crf, ctx.background_scale)
     save_label_png(ctx.out_dir / f"{image_id}.png", labels.astype(np.uint8), ctx.ds.palette)
@@ -96,8 +85,9 @@ def write_pseudo_labels(
     out_dir = Path(cfg.run_dir) / "pseudo_labels" / split
     settings = {"kind": "pseudo_labels", "map_key": map_key, "background_scale": scale,
                 "crf": asdict(cfg.crf) | {"workers": None, "protocol": None} if crf else None}  # fmt: skip
-    prepare_label_dir(out_dir, settings)
-    ctx = _PseudoLabelContext(ds, cam_paths(cfg, ds, split), out_dir, map_key, scale, cfg.crf if crf else None)
+    cams = cam_paths(cfg, ds, split)
+    prepare_label_dir(out_dir, settings, cam_dir(cfg, split))
+    ctx = _PseudoLabelContext(ds, cams, out_dir, map_key, scale, cfg.crf if crf else None)
     workers = cfg.crf.workers if crf else 1
     write_label_pngs(out_dir, ds.ids, _write_pseudo_label, ctx, workers, f"pseudo-labels {split}", progress)
     return out_dir

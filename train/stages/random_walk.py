@@ -16,13 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aesipe.config import RandomWalkConfig, RunConfig
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import save_label_png
 
 from .. import engine
-from ..config import RandomWalkConfig, RunConfig
 from ..propagation import propagate, propagate_dense
-from .evaluate import cam_paths, load_cam_file
+from ..outputs import file_identity
+from .evaluate import cam_dir, cam_paths, load_cam_file
 from .irn import irn_dir, load_irn
 from .pseudo_labels import prepare_label_dir
 
@@ -65,14 +66,12 @@ def labels_from_walk(maps: np.ndarray, classes: np.ndarray, edge: torch.Tensor, 
 
 
 def _settings(cfg: RunConfig, pad_to: int | None) -> dict:
-    checkpoint = irn_dir(cfg) / "final.pt"
-    stat = checkpoint.stat()
     return {
         "kind": "seg_labels",
-        "random_walk": asdict(cfg.random_walk) | {"device": None},
+        "random_walk": asdict(cfg.random_walk),
         "edge_pad_to": pad_to,
         # A retrained IRN makes other labels: the folder is remade when its checkpoint changes.
-        "irn_checkpoint": {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+        "irn_checkpoint": file_identity(irn_dir(cfg) / "final.pt"),
     }
 
 
@@ -87,11 +86,11 @@ def make_seg_labels(cfg: RunConfig, split: str | None = None, progress: bool = T
     ds = open_dataset(cfg.data, split)
     cams = cam_paths(cfg, ds, split)
     model, trained = load_irn(cfg)
-    device = engine.select_device(cfg.random_walk.device)
+    device = engine.select_device(cfg.runtime.device)
     model.to(device)
     pad_to = trained.irn.crop_size if cfg.random_walk.pad_to_crop else None
     out_dir = seg_label_dir(cfg, split)
-    prepare_label_dir(out_dir, _settings(cfg, pad_to))
+    prepare_label_dir(out_dir, _settings(cfg, pad_to), cam_dir(cfg, split))
     todo = [i for i in ds.ids if not (out_dir / f"{i}.png").is_file()]
     for image_id in tqdm(todo, desc=f"make-seg-labels {split}", disable=not progress, dynamic_ncols=True):
         image = ds.load_image(image_id)

@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aesipe.config import from_dict, save_config, to_dict
+from aesipe.config import RunConfig, run_config_from_saved, save_config, to_dict
 from aesipe.models.deeplab import DeepLabV3Segmenter, build_deeplabv3
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
 
 from .. import checkpoint as ckpt_io
 from .. import engine, loop
-from ..config import RunConfig
 from .irn import backbone_weights
 from .random_walk import seg_train_split
 
@@ -59,9 +58,9 @@ def train_seg(cfg: RunConfig) -> Path:
     s = cfg.seg
     split = seg_train_split(cfg)
     labels = training_label_dir(cfg, split)
-    info = engine.init_distributed(s.device)
+    info = engine.init_distributed(cfg.runtime.device)
     try:
-        device = engine.select_device(s.device, info.local_rank if info.enabled else None)
+        device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(s.seed)
         ds = open_dataset(cfg.data, split)
         dataset = SegTrainDataset(ds, labels, s.crop_size, s.scale_range, flip=True, jitter=s.color_jitter, seed=s.seed)
@@ -70,20 +69,11 @@ def train_seg(cfg: RunConfig) -> Path:
         )
         if info.enabled and device.type == "cuda" and not s.freeze_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs' batches
-        groups = engine.param_groups(
-            [model.backbone.parameters(), model.classifier.parameters()], [s.lr, s.lr * s.head_lr_mult], s.weight_decay
-        )
-        optimizer = engine.build_sgd(groups, s.lr, s.momentum, s.weight_decay)
-        max_steps = engine.total_steps(len(ds), s.batch_size, s.epochs, s.max_steps, info.world_size)
-        if max_steps < 1:
-            raise UserError(f"seg: {len(ds)} images make no full batch of seg.batch_size={s.batch_size}")
         if s.batch_size < 2 and not s.freeze_bn:
             raise UserError("seg.batch_size=1 cannot train BatchNorm (ASPP pooling sees one value): use 2+ or seg.freeze_bn=true")
-        scheduler = engine.make_poly_scheduler(optimizer, max_steps, s.poly_power)
-        spec = loop.LoopSpec(
-            stage_dir=seg_dir(cfg), kind="deeplabv3", max_steps=max_steps, batch_size=s.batch_size,
-            checkpoint_every=s.checkpoint_every, log_every=s.log_every, amp=s.amp, seed=s.seed,
-            workers=cfg.data.workers, desc="seg",
+        optimizer, scheduler, spec = loop.solver_setup(
+            s, "seg", [model.backbone.parameters(), model.classifier.parameters()], [1.0, s.head_lr_mult], len(ds),
+            info, cfg.runtime, stage_dir=seg_dir(cfg), kind="deeplabv3", workers=cfg.data.workers,
         )
         if info.is_main:
             save_config(cfg, Path(cfg.run_dir) / "config.toml")
@@ -99,7 +89,7 @@ def load_segmenter(cfg: RunConfig, checkpoint: str | Path | None = None) -> tupl
     if not path.is_file():
         raise UserError(f"no segmenter checkpoint at {path}: run `aesipe-train seg {cfg.run_dir}` first")
     state = ckpt_io.load_checkpoint(path, kind="deeplabv3")
-    trained = from_dict(RunConfig, state["config"])
+    trained = run_config_from_saved(state["config"])
     class_names = list(state["class_names"])
     model = build_deeplabv3(len(class_names) - 1, trained.seg.backbone, no_pretrained=True)
     model.load_state_dict(state["model"])

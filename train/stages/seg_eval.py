@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aesipe import crf as crf_ops
+from aesipe.config import RunConfig
 from aesipe.utils.atomic import atomic_write_text
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png
 
-from .. import crf as crf_ops
 from .. import engine
-from ..config import CrfConfig, RunConfig
 from ..metrics import ConfusionMatrix, format_table
 from .seg import load_segmenter
 
@@ -48,20 +48,6 @@ def predict_probabilities(
             probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         total = probs if total is None else total + probs
     return total / len(scales)
-
-
-def crf_from_probabilities(image: np.ndarray, probs: np.ndarray, cfg: CrfConfig) -> np.ndarray:
-    """Dense CRF with -log(probability) unaries; returns the refined argmax [H, W]."""
-    densecrf = crf_ops.require_pydensecrf()
-    from pydensecrf.utils import unary_from_softmax
-
-    n, h, w = probs.shape
-    crf = densecrf.DenseCRF2D(w, h, n)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.clip(probs, 1e-8, 1.0))))
-    crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
-    rgb = np.array(image, dtype=np.uint8, order="C", copy=True)
-    crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=rgb, compat=cfg.bilateral_compat)
-    return np.argmax(np.array(crf.inference(cfg.iterations)).reshape(n, h, w), axis=0)
 
 
 def _checked_dataset(cfg: RunConfig, split: str):
@@ -95,13 +81,13 @@ def evaluate_segmenter(
     ds = _checked_dataset(cfg, split)
     if list(ds.class_names) != class_names:
         raise UserError(f"the segmenter's classes {class_names} differ from the dataset's {list(ds.class_names)}")
-    device = engine.select_device(s.device)
+    device = engine.select_device(cfg.runtime.device)
     model.to(device)
     matrix = ConfusionMatrix(ds.class_names)
     for image_id in tqdm(ds.ids, desc=f"eval-seg {split}", disable=not progress, dynamic_ncols=True):
         image = ds.load_image(image_id)
         probs = predict_probabilities(model, to_tensor(image).to(device), s.test_scales, s.test_flip).cpu().numpy()
-        pred = crf_from_probabilities(image, probs, cfg.crf) if s.test_crf else probs.argmax(axis=0)
+        pred = crf_ops.crf_from_probabilities(image, probs, cfg.crf) if s.test_crf else probs.argmax(axis=0)
         matrix.update(ds.load_mask(image_id), pred)
     return _result(ds, matrix, test_scales=list(s.test_scales), test_flip=s.test_flip, test_crf=s.test_crf)
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aesipe.config import save_config, to_dict
+from aesipe.config import RunConfig, save_config, to_dict
 from aesipe.models import sipe_modules as sm
 from aesipe.models.aesipe_net import build_aesipe
 
 from .. import engine, loop
-from ..config import RunConfig
 
 STAGE_DIR = "stage1"
 
@@ -43,23 +42,16 @@ def train_stage1(cfg: RunConfig) -> Path:
     from aesipe.data.transforms import ClassificationDataset
 
     t = cfg.train
-    info = engine.init_distributed(t.device)
+    info = engine.init_distributed(cfg.runtime.device)
     try:
-        device = engine.select_device(t.device, info.local_rank if info.enabled else None)
+        device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(t.seed)
         ds = open_dataset(cfg.data, cfg.data.train_split)
         dataset = ClassificationDataset(ds, t.crop_size, t.resize_long, flip=True, seed=t.seed)
         model = build_aesipe(cfg, ds.num_classes)
-        backbone_params, new_params = model.parameter_groups()
-        lr = engine.resolve_lr(t.lr, t.reference_optimizer)
-        groups = engine.param_groups([backbone_params, new_params], [lr, lr * t.new_layer_lr_mult], t.weight_decay)
-        optimizer = engine.build_sgd(groups, lr, t.momentum, t.weight_decay, reference=t.reference_optimizer)
-        max_steps = engine.total_steps(len(ds), t.batch_size, t.epochs, t.max_steps, info.world_size)
-        scheduler = engine.make_poly_scheduler(optimizer, max_steps, t.poly_power)
-        spec = loop.LoopSpec(
-            stage_dir=stage1_dir(cfg), kind="aesipe", max_steps=max_steps, batch_size=t.batch_size,
-            checkpoint_every=t.checkpoint_every, log_every=t.log_every, grad_clip=t.grad_clip, amp=t.amp,
-            seed=t.seed, workers=cfg.data.workers, desc="stage1",
+        optimizer, scheduler, spec = loop.solver_setup(
+            t, "train", model.parameter_groups(), [1.0, t.new_layer_lr_mult], len(ds), info, cfg.runtime,
+            stage_dir=stage1_dir(cfg), kind="aesipe", workers=cfg.data.workers, grad_clip=t.grad_clip,
         )
         if info.is_main:
             save_config(cfg, Path(cfg.run_dir) / "config.toml")

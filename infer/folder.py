@@ -1,4 +1,4 @@
-"""``label_folder``: read -> batch -> run -> write, with the stages overlapping.
+"""``label_folder`` (the engine of ``aesipe-label``): read -> batch -> run -> write, the stages overlapping.
 
 Decoding and pre-processing run in a thread pool (Pillow and numpy release the GIL); the main thread
 groups prepared images by padded shape into batches (a shape's batch goes as soon as it is full; when
@@ -24,10 +24,11 @@ from aesipe.utils.atomic import atomic_write_bytes
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import overlay as blend, save_label_png
 
+from aesipe.tags import read_tags_csv
+
 from .api import Labeler, Prepared
 from .io import DEFAULT_MAX_SIDE, ImageReadError, list_images, read_image
 from .report import REPORT_NAME, Report, mask_record
-from .tags import read_tags, tags_for
 
 REPORT_EVERY_S = 10.0
 
@@ -65,11 +66,13 @@ def _write_overlay(path: Path, rgb: np.ndarray, labels: np.ndarray, palette: np.
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def run_folder(model_path: str | Path, input_dir: Path, output_dir: Path, tags_csv: Path | None = None,
+def label_folder(model_path: str | Path, input_dir: str | Path, output_dir: str | Path, tags_csv: Path | None = None,
                overlay: bool = False, crf: bool = False, batch_size: int = 4, device: str = "auto",
                half: bool = False, scales: Sequence[float] = (1.0,), flip: bool = False, overwrite: bool = False,
                workers: int | None = None, max_side: int | None = DEFAULT_MAX_SIDE, providers=None,
                threads: int | None = None, progress: bool = True, log=print) -> Report:
+    """Label every image under ``input_dir`` into ``output_dir``; returns the report (also on disk)."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if not input_dir.exists():
@@ -79,7 +82,7 @@ def run_folder(model_path: str | Path, input_dir: Path, output_dir: Path, tags_c
     labeler = Labeler(model_path, device=device, providers=providers, half=half, scales=scales, flip=flip,
                       crf=crf, max_side=max_side, threads=threads)
     info = labeler.info
-    tags = read_tags(tags_csv, info.classes[1:]) if tags_csv else None
+    tags = read_tags_csv(tags_csv, info.classes[1:]) if tags_csv else None
     if info.needs_tags and tags is None:
         raise UserError("this model is a pseudo-labeller: give the images' tags with --tags CSV (image,labels)")
     if labeler.fallback:
@@ -107,10 +110,11 @@ def run_folder(model_path: str | Path, input_dir: Path, output_dir: Path, tags_c
         try:
             vector = None
             if info.needs_tags:
-                names_ = tags_for(rel, tags)
-                if names_ is None:
+                indices = tags.lookup(rel)
+                if indices is None:
                     return f"no row for this image in {tags_csv}"
-                vector = labeler.tags_vector(names_)
+                vector = np.zeros(info.num_classes, dtype=np.float32)
+                vector[list(indices)] = 1.0
             return labeler.prepare(read_image(root / rel, max_side), vector)
         except ImageReadError as exc:
             return str(exc)

@@ -1,9 +1,14 @@
-"""Typed configuration: frozen dataclasses, TOML recipe files and dotted command-line overrides.
+"""Typed configuration machinery: frozen dataclasses, TOML recipe files and dotted command-line overrides.
 
 Resolution order is always: dataclass defaults <- recipe file (only the keys it names) <- overrides
 given as ``section.field=value``. Unknown keys fail with a "did you mean" hint. The resolved config is
 a plain nested dict when saved (``config.toml`` in a run directory, ``"config"`` inside checkpoints),
 so a later stage or ``aesipe-export`` rebuilds exactly the same objects with ``from_dict``.
+
+A dataclass validates its own values in ``__post_init__`` by raising ``FieldError(field, message)``;
+``from_dict`` turns that into one ``ConfigError`` line naming the dotted key. A class may declare
+``__config_aliases__`` ({old dotted key: new dotted key}) and ``__config_upgrade__(data, source)`` for keys
+that moved: overrides and recipe files written for the old layout keep working.
 
 Stdlib only (plus ``tomli_w`` for writing), so the infer side may import it without torch.
 """
@@ -24,6 +29,14 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A user-caused configuration problem; the message is one line meant for the terminal."""
+
+
+class FieldError(ValueError):
+    """Raised by a config dataclass's ``__post_init__``: ``field`` has a value it cannot take."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field, self.message = field, message
 
 
 def _did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
@@ -130,6 +143,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         kwargs[key] = _coerce(value, hints[key], path)
     try:
         obj = cls(**kwargs)
+    except FieldError as exc:
+        raise ConfigError(f"{where + '.' if where else ''}{exc.field} {exc.message}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
     return obj
@@ -175,7 +190,9 @@ def parse_overrides(cls: type, overrides: typing.Iterable[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
         dotted, raw = item.split("=", 1)
-        keys = [k.strip().replace("-", "_") for k in dotted.strip().lstrip("-").split(".")]
+        dotted = dotted.strip().lstrip("-").replace("-", "_")
+        dotted = getattr(cls, "__config_aliases__", {}).get(dotted, dotted)
+        keys = [k.strip() for k in dotted.split(".")]
         target: Any = cls
         for depth, key in enumerate(keys):
             if not dataclasses.is_dataclass(target):
@@ -204,9 +221,11 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
         try:
-            data = merge(data, tomllib.loads(path.read_text()))
+            recipe_data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+        upgrade = getattr(cls, "__config_upgrade__", None)
+        data = merge(data, upgrade(recipe_data, str(path)) if upgrade else recipe_data)
     data = merge(data, parse_overrides(cls, overrides))
     return from_dict(cls, data)
 
@@ -214,7 +233,7 @@ def load_config(
 def save_config(obj: Any, path: str | Path) -> None:
     import tomli_w
 
-    from .utils.atomic import atomic_write_bytes
+    from ..utils.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), tomli_w.dumps(_without_none(to_dict(obj))).encode())
 

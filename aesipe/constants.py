@@ -1,0 +1,19 @@
+"""Constants every side of aesipe shares (stdlib only): one definition each."""
+from __future__ import annotations
+
+from ._version import __version__
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""RGB mean of ImageNet in [0, 1]: every network here is normalised with it (and exported files carry it)."""
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+"""File suffixes read as images (lower case), by the datasets and by aesipe-label."""
+PIXEL_SCALE = 1.0 / 255.0
+"""uint8 pixels x this = the [0, 1] input of the networks and of exported graphs (float32 everywhere)."""
+
+PROG_TRAIN = "aesipe-train"
+PROG_EXPORT = "aesipe-export"
+PROG_LABEL = "aesipe-label"
+
+__all__ = ["__version__", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "PIXEL_SCALE", "PROG_TRAIN",
+           "PROG_EXPORT", "PROG_LABEL"]

@@ -1,0 +1,103 @@
+"""The stage-1 network's fused maps of an image at its own size: the one implementation that ``make-cam``
+runs eagerly and the exported pseudo-labeller runs as a graph, so the two make the same maps.
+
+For each test-time scale the [0, 1] image is resized (bicubic), normalised, and the network makes its
+maps with the image's tags (with ``flip``, the image and its mirror are fused inside the network); only
+the background and the tagged classes are kept; the maps (stride 16) are resized to the image (bilinear)
+and summed over scales. The sum is *not* max-normalised here: ``aesipe.pseudo_labels`` does that, and
+everything after it, in numpy.
+
+Optional PAMR refinement of these maps (``cam.pamr``): ``per_scale`` refines each scale's maps on the
+image at 1/4 of that scale's size; ``fused`` refines the summed maps once, on the image at 1/4 of its size
+(one PAMR instead of one per scale). Resizing uses torch's bicubic (a = -0.75, no antialiasing), which
+ONNX Runtime reproduces exactly; the authors' PIL bicubic antialiases when shrinking, so their scale-0.5
+maps differ slightly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+PAMR_DOWNSCALE = 4
+"""PAMR runs on the image at 1/4 size (as in the AE step): at full size its memory grows as K x P x H x W."""
+PAMR_MODES = ("off", "per_scale", "fused")
+
+
+@dataclass(frozen=True)
+class CamSettings:
+    """How ``fused_maps`` runs: test-time scales, flip fusion and PAMR refinement (``cam`` + ``model``)."""
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    pamr: str = "off"
+    pamr_iters: int = 10
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    pamr_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.pamr not in PAMR_MODES:
+            raise ValueError(f"pamr must be one of {PAMR_MODES}, got {self.pamr!r}")
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be positive numbers, got {self.scales}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "CamSettings":
+        """The settings of a ``RunConfig`` (``cam.scales``, ``cam.flip``, ``cam.pamr``, ``model.pamr_*``)."""
+        return cls(tuple(cfg.cam.scales), cfg.cam.flip, cfg.cam.pamr, cfg.model.pamr_iters,
+                   tuple(cfg.model.pamr_dilations), cfg.model.pamr_backend)
+
+    def describe(self) -> dict:
+        return {"scales": list(self.scales), "flip": self.flip, "pamr": self.pamr,
+                "pamr_iters": self.pamr_iters, "pamr_dilations": list(self.pamr_dilations),
+                "pamr_downscale": PAMR_DOWNSCALE}
+
+
+def _refine(image01: torch.Tensor, maps: torch.Tensor, tt: CamSettings) -> torch.Tensor:
+    """PAMR of ``maps`` on ``image01`` resized to 1/4 of its size; result at that 1/4 size."""
+    from aesipe.ops.pamr import pamr
+
+    height, width = image01.shape[-2:]
+    # Images under 4 px on a side have no 1/4-size image to refine on: make-cam and aesipe-label need
+    # >= 4 px when cam.pamr is on (a max(1, ...) here would put Max() guards into the exported shapes).
+    size = (height // PAMR_DOWNSCALE, width // PAMR_DOWNSCALE)
+    small = F.interpolate(image01, size=size, mode="bilinear", align_corners=False)
+    return pamr(small, maps, tt.pamr_iters, tt.pamr_dilations, tt.pamr_backend)
+
+
+def fused_maps(
+    net: torch.nn.Module,
+    image01: torch.Tensor,
+    tags: torch.Tensor,
+    keys: Sequence[str],
+    tt: CamSettings,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> dict[str, torch.Tensor]:
+    """``{key: summed maps [B, 1+C, H, W]}`` at the size of ``image01`` ([B, 3, H, W] RGB in [0, 1]).
+
+    ``tags`` [B, C] multi-hot; ``keys`` among the network's maps (cam, iscam, aeiscam); ``mean``/``std``
+    the normalisation the network was trained with."""
+    height, width = image01.shape[-2:]
+    mean_t = torch.as_tensor(mean, dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
+    keep = torch.cat([torch.ones_like(tags[:, :1]), tags], dim=1).float()[:, :, None, None]
+    totals: dict[str, torch.Tensor] = {}
+    for scale in tt.scales:
+        x = image01
+        if scale != 1.0:
+            x = F.interpolate(image01, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+        maps = net.maps((x - mean_t) / std_t, tags.to(x.dtype), flip=tt.flip)
+        for key in keys:
+            value = maps[key].float() * keep
+            if tt.pamr == "per_scale":
+                value = _refine(x.float(), value, tt)
+            value = F.interpolate(value, size=(height, width), mode="bilinear", align_corners=False)
+            totals[key] = totals[key] + value if key in totals else value
+    if tt.pamr == "fused":
+        for key, value in totals.items():
+            refined = _refine(image01.float(), value, tt)
+            totals[key] = F.interpolate(refined, size=(height, width), mode="bilinear", align_corners=False)
+    return {key: value * keep for key, value in totals.items()}
