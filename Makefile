@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+# ruff (config in pyproject.toml) takes well under a second, so `make test` runs it first.
+lint: setup
+	$(BIN)/ruff check .
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -34,4 +38,4 @@ build-ext: setup
 	$(BIN)/python -m aesipe.ops build
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

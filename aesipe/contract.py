@@ -18,7 +18,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-PRODUCER = "aesipe-export"
+from .constants import IMAGENET_MEAN, IMAGENET_STD, PIXEL_SCALE, PROG_EXPORT
+
+PRODUCER = PROG_EXPORT
 SCHEMA_VERSION = 1
 MODEL_KINDS = ("segmenter", "pseudo_labeller")
 EXTRA_FILE = "aesipe.json"
@@ -41,17 +43,17 @@ class InputFormat:
     layout: str = "NCHW"
     color: str = "RGB"
     dtype: str = "float32"
-    scale: float = 1.0 / 255.0
+    scale: float = PIXEL_SCALE
     """Multiply uint8 pixel values by this (the graph then sees [0, 1])."""
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     normalised_in_graph: bool = True
     """True: the graph applies (x - mean) / std itself; feed x = pixels * scale."""
     size_divisor: int | None = 16
     """Pad height and width up to a multiple of this (bottom/right), then crop the outputs back."""
     fixed_size: tuple[int, int] | None = None
     """(H, W) the graph only accepts; None for dynamic sizes."""
-    pad_value: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pad_value: tuple[float, float, float] = IMAGENET_MEAN
     """Value of padded pixels in the [0, 1] input: the mean colour, i.e. zero after normalisation."""
 
     def to_json(self) -> str:

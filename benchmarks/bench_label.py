@@ -38,12 +38,12 @@ def make_folder(folder: Path, count: int) -> None:
 
 
 def make_checkpoint(path: Path) -> None:
+    import dataclasses
+
     import torch
 
-    from aesipe.config import to_dict
+    from aesipe.config import RunConfig, to_dict
     from aesipe.models.deeplab import build_deeplabv3
-    from aesipe.config import RunConfig
-    import dataclasses
 
     cfg = RunConfig()
     cfg = dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, backbone="mobilenet_v2", no_pretrained=True))

@@ -9,8 +9,8 @@
 // mask buffers. Pure gathers, no atomics: results are deterministic on both devices.
 //
 // Autograd policy: refused. The Autograd kernel below raises when grad mode is on and an input
-// requires grad; PAMR is meant to produce a fixed refinement target (METHOD.md: "No gradient flows
-// through PAMR"), and a silently-wrong or silently-missing gradient would be worse than an error.
+// requires grad; PAMR is meant to produce a fixed refinement target (docs/method.md: no gradient
+// flows through PAMR), and a silently-wrong or silently-missing gradient would be worse than an error.
 #include "pamr_common.h"
 
 #include <ATen/ATen.h>

@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from aesipe import __version__
-from aesipe.utils.errors import UserError, run_cli, user_errors
+from aesipe.constants import PROG_EXPORT as PROG
+from aesipe.utils.cli import make_app, run_cli, user_errors, version_option
+from aesipe.utils.errors import UserError
 
-PROG = "aesipe-export"
-app = typer.Typer(name=PROG, add_completion=False, pretty_exceptions_enable=False)
+app = make_app(PROG)
 
 
 class What(str, Enum):
@@ -22,12 +22,6 @@ class What(str, Enum):
 class Format(str, Enum):
     onnx = "onnx"
     torchscript = "torchscript"
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"{PROG} {__version__}")
-        raise typer.Exit()
 
 
 @app.command(help="Export a trained model (run directory or checkpoint) with its metadata, then check it "
@@ -48,8 +42,7 @@ def export(
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Pseudo-labeller: fuse the mirror image "
                                                                           "(default: the run's cam.flip).")] = None,
     verify: Annotated[bool, typer.Option(help="Check the file against PyTorch (fails the export on mismatch).")] = True,
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = None,
+    version: version_option(PROG) = None,
 ) -> None:
     from .api import export_model
 

@@ -45,16 +45,7 @@ def get_format(name: str) -> ExportFormat:
         raise UserError(f"unknown format {name!r}: choose one of {', '.join(FORMATS)}") from None
 
 
-def format_for_suffix(path: Path) -> ExportFormat | None:
-    suffix = path.suffix.lower()
-    for fmt in FORMATS.values():
-        if suffix == fmt.suffix or (fmt.name == "torchscript" and suffix == ".torchscript"):
-            return fmt
-    return None
-
-
 def check_options(fmt: ExportFormat, used: Sequence[str]) -> None:
     for option in used:
         if option not in fmt.options:
             raise UserError(f"--{option} does not apply to {fmt.name} export")
-

@@ -1,7 +1,7 @@
 """ONNX writer: torch.onnx dynamo export with dynamic batch/height/width and aesipe metadata.
 
-PLATFORM.md: the dynamo exporter (needs onnxscript) defaults to opset 20 here, which ONNX Runtime
-1.31/1.32 loads. PAMR exports as standard ops (``aesipe.ops`` switches to its decomposition while
+The dynamo exporter (it needs onnxscript, which torch does not pull in) defaults to opset 20, which
+ONNX Runtime 1.31/1.32 loads. PAMR exports as standard ops (``aesipe.ops`` switches to its decomposition while
 ``torch.onnx.export`` runs), so the file runs in stock ONNX Runtime.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from aesipe.contract import PRODUCER
 from aesipe.utils.errors import UserError
 
 DEFAULT_OPSET = 20
@@ -74,14 +75,7 @@ def write_onnx(
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    model.producer_name = "aesipe-export"
+    model.producer_name = PRODUCER
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
-
-
-def read_onnx_metadata(path: Path) -> dict[str, str]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {entry.key: entry.value for entry in model.metadata_props}

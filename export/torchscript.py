@@ -48,10 +48,3 @@ def write_torchscript(module: torch.jit.ScriptModule, metadata: Mapping[str, str
         warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates torch.jit; libtorch still loads it
         torch.jit.save(module, str(path), _extra_files={EXTRA_FILE: json.dumps(dict(metadata))})
     return path
-
-
-def read_torchscript_metadata(path: Path) -> dict[str, str]:
-    """Metadata without loading the module (which may need the op library): the file is a zip."""
-    from aesipe.infer.session import read_torchscript_metadata as read
-
-    return read(path)

@@ -163,7 +163,7 @@ class Labeler:
         rgb = item.decoded.rgb
         work_h, work_w = rgb.shape[:2]
         maps = []
-        for (scale, flipped, _), scores in zip(item.variants, outputs):
+        for (_, flipped, _), scores in zip(item.variants, outputs):
             scores = scores[..., ::-1] if flipped else scores
             maps.append(postprocess.resize_bilinear(scores, work_h, work_w))
         if self.info.needs_tags:

@@ -10,17 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from aesipe import __version__
-from aesipe.utils.errors import UserError, run_cli, user_errors
+from aesipe.constants import PROG_LABEL as PROG
+from aesipe.utils.cli import make_app, run_cli, user_errors, version_option
+from aesipe.utils.errors import UserError
 
-PROG = "aesipe-label"
-app = typer.Typer(name=PROG, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"{PROG} {__version__}")
-        raise typer.Exit()
+app = make_app(PROG)
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -54,8 +48,7 @@ def label(
     max_side: Annotated[int, typer.Option(help="Images with a longer side are labelled at this size and the "
                                                "result resized back.")] = 2048,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: cores).")] = None,
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = None,
+    version: version_option(PROG) = None,
 ) -> None:
     from .folder import label_folder
 

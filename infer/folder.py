@@ -20,11 +20,11 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from aesipe.tags import read_tags_csv
 from aesipe.utils.atomic import atomic_write_bytes
 from aesipe.utils.errors import UserError
-from aesipe.utils.labelpng import overlay as blend, save_label_png
-
-from aesipe.tags import read_tags_csv
+from aesipe.utils.labelpng import overlay as blend
+from aesipe.utils.labelpng import save_label_png
 
 from .api import Labeler, Prepared
 from .io import DEFAULT_MAX_SIDE, ImageReadError, list_images, read_image

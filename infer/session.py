@@ -53,7 +53,7 @@ class OrtBackend:
         if device == "cuda" and CUDA_EP not in available and not providers:
             raise UserError("--device cuda: this onnxruntime has no CUDA provider; pip install 'aesipe[gpu]'")
         if CUDA_EP in requested and hasattr(ort, "preload_dlls"):
-            try:  # finds the CUDA/cuDNN libraries torch's wheels installed (PLATFORM.md)
+            try:  # finds the CUDA/cuDNN libraries torch's wheels installed, when torch is there
                 ort.preload_dlls()
             except Exception:
                 pass
@@ -121,22 +121,24 @@ class TorchScriptBackend:
         self.on_gpu = self.device == "cuda"
 
     def _load_custom_ops(self, torch) -> None:
+        """Load the op library the file calls: the exporting machine's, else this machine's cached build.
+        Never compiles: labelling must not start a build as a side effect."""
         if not self.info.custom_ops:
             return
         candidates = [self.info.op_library] if self.info.op_library else []
-        try:  # the local aesipe may have (or build) the same op library
+        try:
             from aesipe.ops import _build
 
-            local = _build.load_library()
-            candidates.append(str(local) if local else None)
+            candidates.append(str(_build.find_built_library() or ""))
         except ImportError:
             pass
         for candidate in filter(None, candidates):
             if os.path.isfile(candidate):
                 torch.ops.load_library(candidate)
                 return
-        raise UserError(f"the model calls {', '.join(self.info.custom_ops)}: build the op library "
-                        "(python -m aesipe.ops build) or export to ONNX, which needs no custom ops")
+        raise UserError(f"the model calls {', '.join(self.info.custom_ops)} and no built op library is on this "
+                        "machine: build it once with `python -m aesipe.ops build` (--cuda for GPUs), or export to "
+                        "ONNX, which needs no custom ops")
 
     def run(self, image: np.ndarray, tags: np.ndarray | None, want: Sequence[str]) -> dict[str, np.ndarray]:
         torch = self._torch

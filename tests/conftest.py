@@ -11,6 +11,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AESIPE_SHARED", REPO.parent / "shared"))
 MSRC = SHARED / "data" / "msrc21-voc"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
+# The op library (and any other aesipe cache) of the whole session, subprocesses included, goes to a
+# private folder of the checkout (git-ignored, removed by `make clean`), never the user's ~/.cache; it is
+# kept between runs, so later sessions load the library without compiling. Set from configure to
+# unconfigure because the library is loaded once per process, by whichever test needs it first.
+TEST_CACHE = REPO / "build" / "test-cache"
+_session_env = pytest.MonkeyPatch()
+
+
+def pytest_configure(config):
+    _session_env.setenv("AESIPE_CACHE_DIR", str(TEST_CACHE))
+
+
+def pytest_unconfigure(config):
+    _session_env.undo()
 
 
 @pytest.fixture(scope="session")

@@ -1,36 +1,15 @@
 """``aesipe-train``: thin Typer commands; each parses, resolves the run config and calls a stage function."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from aesipe.constants import PROG_TRAIN as PROG
+from aesipe.utils.cli import make_app, run_cli, version_option
 
-import typer
-
-from aesipe import __version__
-from aesipe.utils.errors import run_cli
-
-PROG = "aesipe-train"
-
-app = typer.Typer(
-    name=PROG,
-    help="Train AE-SIPE, IRN and DeepLabV3 from image-level tags, stage by stage or as one pipeline.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"{PROG} {__version__}")
-        raise typer.Exit()
+app = make_app(PROG, "Train AE-SIPE, IRN and DeepLabV3 from image-level tags, stage by stage or as one pipeline.",
+               no_args_is_help=True)
 
 
 @app.callback()
-def _root(
-    version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = None,
-) -> None:
+def _root(version: version_option(PROG) = None) -> None:
     """Each stage reads and writes one run directory (see docs/ARCHITECTURE.md)."""
 
 

@@ -6,11 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from aesipe.utils.errors import UserError, user_errors
+from aesipe.constants import PROG_TRAIN as PROG
+from aesipe.utils.cli import user_errors
+from aesipe.utils.errors import UserError
 
 from .cli_options import Overrides, Recipe, RunDir
-
-PROG = "aesipe-train"
 
 Split = Annotated[Optional[str], typer.Option("--split", help="Split to use (default: data.cam_split; ir: data.train_split).")]
 MapKeyOption = Annotated[

@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from aesipe.utils.errors import UserError, user_errors
+from aesipe.constants import PROG_TRAIN as PROG
+from aesipe.utils.cli import user_errors
+from aesipe.utils.errors import UserError
 
 from .cli_options import Overrides, Recipe, RunDir
-
-PROG = "aesipe-train"
 
 SplitOption = Annotated[Optional[str], typer.Option("--split", help="Split to work on (default: see the command).")]
 
@@ -50,7 +50,9 @@ def irn(run_dir: RunDir, overrides: Overrides = None, recipe: Recipe = None) -> 
 
 @user_errors(PROG)
 def make_seg_labels(run_dir: RunDir, overrides: Overrides = None, recipe: Recipe = None, split: SplitOption = None) -> None:
-    """Random-walk pseudo-labels from the CAMs and the IRN edge map: RUN_DIR/seg_labels/<split>/ (default: the segmenter's training split)."""
+    """Random-walk pseudo-labels from the CAMs and the IRN edge map: RUN_DIR/seg_labels/<split>/.
+
+    Default split: the segmenter's training split."""
     from .stages.random_walk import make_seg_labels as run
 
     cfg = _resolve(_existing_run(run_dir), recipe, overrides)

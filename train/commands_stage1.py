@@ -6,11 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from aesipe.utils.errors import user_errors
+from aesipe.constants import PROG_TRAIN as PROG
+from aesipe.utils.cli import user_errors
+from aesipe.utils.errors import UserError
 
 from .cli_options import Overrides, Recipe, RunDir, echo_rank0
-
-PROG = "aesipe-train"
 
 
 @user_errors(PROG)
@@ -61,7 +61,34 @@ def import_checkpoint(
     typer.echo(f"wrote {path}")
 
 
+@user_errors(PROG)
+def config(
+    run_dir: Annotated[Optional[Path], typer.Argument(help="A run directory: show its config (default: the defaults).",
+                                                      show_default=False)] = None,
+    overrides: Overrides = None,
+    recipe: Recipe = None,
+) -> None:
+    """Print every config field with its value and what it does (defaults <- RUN_DIR's config <- recipe <- overrides).
+
+    Nothing is written. Override any field on any command as section.field=value."""
+    from aesipe.config import RunConfig, load_config, to_dict
+    from aesipe.config.describe import describe_config
+    from aesipe.config.schema import read_run_config
+
+    base = None
+    if run_dir is not None:
+        if "=" in str(run_dir):  # `aesipe-train config train.lr=0.1`: an override, not a run directory
+            overrides, run_dir = [str(run_dir), *(overrides or [])], None
+        elif not (run_dir / "config.toml").is_file():
+            raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+        else:
+            base = to_dict(read_run_config(run_dir / "config.toml"))
+    cfg = load_config(RunConfig, recipe, overrides or [], base=base)
+    typer.echo("\n".join(describe_config(cfg)))
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("make-cam")(make_cam)
     app.command("import-checkpoint")(import_checkpoint)
+    app.command("config")(config)

@@ -78,10 +78,6 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     return info
 
 
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from aesipe.utils.labelpng import IGNORE_INDEX  # noqa: E402  (void label value)
+
 CONVENTION = (
     "mIoU over background + C classes; ground-truth void (255) ignored; "
     "classes absent from both ground truth and prediction are excluded from the mean"

@@ -26,7 +26,6 @@ from aesipe.utils.errors import UserError
 
 from .pipeline_legacy import adopt_legacy_records
 
-
 MANIFEST = "manifest.json"
 # Fields that change how fast or where a stage runs, never what it makes.
 _RUNTIME_FIELDS = {"workers", "device", "log_every", "checkpoint_every"}
@@ -62,9 +61,9 @@ def _run_train(cfg: RunConfig) -> dict:
 
 
 def _run_make_cam(cfg: RunConfig) -> dict:
-    from .stages.make_cam import make_cams
-
     from aesipe.data import resolve_split
+
+    from .stages.make_cam import make_cams
 
     # One pass per set of images: a folder dataset's train_aug is its train (the CAM folder is shared).
     by_images = {resolve_split(cfg.data, split): split for split in _splits(cfg, "train", "seg", "cam")}

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from aesipe.config import SCHEMA_VERSION, RunConfig, to_dict
-from aesipe.config.schema import ADDED_SINCE_0_1, MOVED_KEYS
+from aesipe.config.legacy import ADDED_SINCE_0_1, MOVED_KEYS
 
 # 0.1's own section lists of the stages whose lists changed (the others are the same today).
 _LEGACY_DATA_FIELDS = ("data.root", "data.kind", "data.train_split", "data.labels_csv")

@@ -19,13 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from aesipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX, load_label_png
 
 from .dataset import SegmentationDataset
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aesipe.constants import IMAGENET_MEAN, IMAGENET_STD
 from aesipe.ops.pamr import pamr
 
 from . import sipe_modules as sm
@@ -28,8 +29,6 @@ SIDE_CHANNELS = {
     "resnet101": (128, 128, 256, 256),
     "mobilenet_v2": (32, 32, 64, 64),  # ResNet's widths / 4 (its stages are 24/32/96/1280 wide)
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class AESIPENet(nn.Module):

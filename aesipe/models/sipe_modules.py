@@ -1,4 +1,4 @@
-"""The building blocks of SIPE / AE-SIPE as plain tensor functions (METHOD.md, stage 1).
+"""The building blocks of SIPE / AE-SIPE as plain tensor functions (docs/method.md, stage 1).
 
 Shapes: maps are [B, K, h, w] with K = 1 + C (channel 0 = background); features are [B, D, h, w];
 label masks broadcast against maps ([B, K, 1, 1] tags, or [B, K, h, w] tags x crop-valid mask).

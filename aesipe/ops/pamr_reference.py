@@ -1,7 +1,7 @@
 """PAMR (pixel-adaptive mask refinement), pure PyTorch: the executable specification.
 
 Every fast path (the fused CPU/CUDA kernels, the ONNX decomposition) is tested against this file.
-Semantics (METHOD.md, "PAMR exactly"), for image I [B,C,H,W] and mask M [B,K,H,W] at the same size:
+Semantics (docs/method.md, "PAMR exactly"), for image I [B,C,H,W] and mask M [B,K,H,W] at the same size:
 
 * neighbours of pixel p: for each dilation d, the 8 pixels of the 3x3 ring at distance d (the centre
   is not a neighbour), with replicate padding at the borders -> P = 8 * len(dilations) neighbours;

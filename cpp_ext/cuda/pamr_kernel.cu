@@ -2,7 +2,7 @@
 //
 // Only c10 CUDA headers are included (no torch/extension.h, no ATen/cuda/CUDAContext.h): nvcc parse
 // time dominates the build, and CUDAContext.h needs cuSPARSE/cuBLAS headers that a bare toolkit may
-// lack (PLATFORM.md). Every output element is written by exactly one thread from a fixed-order
+// lack. Every output element is written by exactly one thread from a fixed-order
 // gather: no atomics, so results are bitwise reproducible run to run.
 #include "pamr_common.h"
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from aesipe.config import ConfigError, config_hash, from_dict, load_config, read_config, save_config, to_dict
-from aesipe.config import RunConfig
+from aesipe.config import ConfigError, RunConfig, config_hash, from_dict, load_config, read_config, save_config, to_dict
 
 
 def test_defaults_are_the_published_recipe():

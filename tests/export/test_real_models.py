@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from aesipe.config import to_dict
+from aesipe.config import RunConfig, to_dict
 from aesipe.export import sources
 from aesipe.export.api import export_model
 from aesipe.infer import Labeler
-from aesipe.config import RunConfig
 
 CLASSES = ["background", "cat", "dog", "car"]
 
@@ -58,11 +57,13 @@ def test_real_aesipe_torchscript_records_the_fused_op(real_builders, tmp_path):
     from aesipe.models.aesipe_net import build_aesipe
     from aesipe.ops import _build
 
+    if _build.load_library() is None:
+        pytest.skip(f"the fused PAMR op is not built here ({_build.unavailable_reason()})")
     torch.manual_seed(0)
     ckpt = _checkpoint(tmp_path / "stage1.pt", "aesipe", build_aesipe(_config(), 3))
     path = export_model(ckpt, tmp_path / "pl.pt", format="torchscript", log=lambda m: None)
     labeler = Labeler(path)
-    if _build.load_library() is not None:  # the traced graph calls the compiled op: the file says so
-        assert labeler.info.custom_ops == ("aesipe::pamr",) and labeler.info.op_library
+    # The AE step's PAMR runs the compiled op while the graph is traced: the file says so.
+    assert labeler.info.custom_ops == ("aesipe::pamr",) and labeler.info.op_library
     labels = labeler.label(np.full((40, 52, 3), 128, dtype=np.uint8), tags=["dog"])
     assert labels.shape == (40, 52) and set(np.unique(labels)) <= {0, 2}

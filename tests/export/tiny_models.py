@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aesipe.config import to_dict
-from aesipe.config import RunConfig
+from aesipe.config import RunConfig, to_dict
 
 CLASSES = ["background", "cat", "dog", "car"]
 _cache: dict[tuple, Path] = {}

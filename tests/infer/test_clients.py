@@ -83,7 +83,7 @@ def _cmake_args() -> list[str]:
     site = Path(torch.__file__).parents[1]
     args = [f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", "-DCMAKE_BUILD_TYPE=Release"]
     nvrtc = site / "nvidia" / "cu13" / "lib" / "libnvrtc.so.13"
-    if torch.version.cuda:  # CUDA wheels: see PLATFORM.md
+    if torch.version.cuda:  # CUDA wheels: CMake's FindCUDA needs the toolkit and the wheel's nvrtc
         args += ["-DCUDA_TOOLKIT_ROOT_DIR=/usr/local/cuda", f"-DCUDA_nvrtc_LIBRARY={nvrtc}"]
     return args
 

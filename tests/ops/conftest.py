@@ -1,9 +1,8 @@
 """Shared fixtures for the PAMR tests: the built op library, devices, implementations, inputs.
 
 The suite runs with ``--import-mode=importlib``, so helpers are handed out as fixtures rather than
-imported. The op library is built once per session into a private cache, ``build/test-cache`` in the
-checkout (git-ignored, removed by ``make clean``), never the user's ``~/.cache``; later runs load it
-without compiling. Tests needing the compiled op skip only when no C++ compiler exists (and nothing is
+imported. The op library is built once per session into the suite's private cache (``build/test-cache``,
+set by tests/conftest.py), never the user's ``~/.cache``; later runs load it without compiling. Tests needing the compiled op skip only when no C++ compiler exists (and nothing is
 cached); any other build failure fails them.
 """
 from __future__ import annotations
@@ -19,11 +18,6 @@ import torch
 from aesipe.ops import _build
 from aesipe.ops.pamr_decomposed import pamr_decomposed
 from aesipe.ops.pamr_reference import pamr_reference
-
-# Set from configure to unconfigure, so it covers every test of the session (the op library is loaded once
-# per process, by whichever test needs it first) and the subprocesses they start.
-TEST_CACHE = Path(__file__).resolve().parents[2] / "build" / "test-cache"
-_session_env = pytest.MonkeyPatch()
 
 CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -52,14 +46,6 @@ def _random_inputs(batch, channels, classes, height, width, *, seed=0, dtype=tor
     image = (ys + xs) * 100 + 20 * torch.rand(batch, channels, height, width, generator=gen)
     mask = torch.rand(batch, classes, height, width, generator=gen)
     return image.to(device=device, dtype=dtype), mask.to(device=device, dtype=dtype)
-
-
-def pytest_configure(config):
-    _session_env.setenv(_build.CACHE_ENV, str(TEST_CACHE))
-
-
-def pytest_unconfigure(config):
-    _session_env.undo()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import aesipe
-from aesipe.ops import PamrFallbackWarning, pamr, pamr_backend_for
-from aesipe.ops import _build
+from aesipe.ops import PamrFallbackWarning, _build, pamr, pamr_backend_for
 from aesipe.ops.__main__ import main as ops_cli
 from aesipe.ops.pamr_reference import pamr_reference
 

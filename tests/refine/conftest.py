@@ -49,7 +49,7 @@ def _fake_cams(cfg, split: str) -> Path:
         classes = np.concatenate([[0], np.flatnonzero(ds.labels(image_id)) + 1]).astype(np.int64)
         maps = np.stack([(mask == c).astype(np.float32) * 0.9 + 0.05 for c in classes])
         record = {"classes": classes, "maps": maps.astype(np.float16), "cam": maps[1:].astype(np.float16)}
-        atomic_save(out / f"{image_id}.npz", lambda handle: np.savez(handle, **record))
+        atomic_save(out / f"{image_id}.npz", lambda handle, record=record: np.savez(handle, **record))
     return out
 
 

@@ -123,6 +123,7 @@ def test_deeplab_frozen_backbone_bn():
     assert set(plain.state_dict()) == set(net.state_dict())  # the same checkpoint format either way
 
 
+@pytest.mark.shared_data
 def test_deeplab_real_mobilenet_weights(mobilenet_weights):
     net = build_deeplabv3(16, "mobilenet_v2", pretrained=mobilenet_weights, freeze_backbone_bn=True).eval()
     with torch.no_grad():

@@ -16,7 +16,7 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # every test using it is marked slow: it trains three networks
 def demo_out(tmp_path_factory, tiny_overrides, tiny_synth):
     """One toy demo run (every stage, export and labelling) shared by this module's tests."""
     from aesipe.train.demo import run_demo
@@ -38,6 +38,7 @@ def _ran(output: str) -> list[str]:
     return re.findall(r"\[([a-z0-9-]+)\] running", output)
 
 
+@pytest.mark.slow  # demo_out trains three networks
 def test_demo_runs_every_stage_and_reports(demo_out):
     from aesipe.train.pipeline import STAGE_NAMES
 
@@ -57,9 +58,9 @@ def test_demo_runs_every_stage_and_reports(demo_out):
 def test_demo_exports_and_labels_a_folder(demo_out, tmp_path, tiny_overrides):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("aesipe.export.api")
-    from aesipe.train.demo import _export_and_label, demo_config
-
     import shutil
+
+    from aesipe.train.demo import _export_and_label, demo_config
 
     out = tmp_path / "demo"
     shutil.copytree(demo_out, out)
@@ -69,6 +70,7 @@ def test_demo_exports_and_labels_a_folder(demo_out, tmp_path, tiny_overrides):
     assert len(list((out / "labelled" / "overlays").glob("*.jpg"))) == 4, lines
 
 
+@pytest.mark.slow  # demo_out trains three networks
 def test_rerun_skips_finished_stages(demo_out):
     result = runner.invoke(app, ["pipeline", str(demo_out / "run")])
     assert result.exit_code == 0, result.output
@@ -77,6 +79,7 @@ def test_rerun_skips_finished_stages(demo_out):
     assert "mIoU by stage" in result.output
 
 
+@pytest.mark.slow  # demo_out trains three networks
 def test_changed_config_redoes_dependents_only(demo_out, tmp_path):
     import shutil
 
@@ -98,6 +101,7 @@ def test_changed_config_redoes_dependents_only(demo_out, tmp_path):
     assert _ran(result.output) == []
 
 
+@pytest.mark.slow  # demo_out trains three networks
 def test_killed_run_resumes_where_it_stopped(demo_out, tmp_path):
     import shutil
 
@@ -121,6 +125,7 @@ def test_killed_run_resumes_where_it_stopped(demo_out, tmp_path):
     assert _manifest(run)["seg"]["status"] == "done"
 
 
+@pytest.mark.slow  # demo_out trains three networks
 def test_from_and_until(demo_out, tmp_path):
     import shutil
 
@@ -133,8 +138,7 @@ def test_from_and_until(demo_out, tmp_path):
 
 
 def test_demo_toml_mirrors_the_builtin_recipe():
-    from aesipe.config import from_dict
-    from aesipe.config import RunConfig
+    from aesipe.config import RunConfig, from_dict
     from aesipe.train.demo import DEMO_RECIPE
 
     recipe = tomllib.loads((REPO / "configs" / "demo.toml").read_text())

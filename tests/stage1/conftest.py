@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from aesipe.config import load_config
-from aesipe.config import RunConfig
+from aesipe.config import RunConfig, load_config
 
 
 @pytest.fixture(autouse=True)

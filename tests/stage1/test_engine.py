@@ -6,10 +6,9 @@ import csv
 import pytest
 import torch
 
-from aesipe.config import from_dict, to_dict
+from aesipe.config import RunConfig, from_dict, to_dict
 from aesipe.train import checkpoint as ckpt_io
 from aesipe.train import engine, loop
-from aesipe.config import RunConfig
 from aesipe.utils.errors import UserError
 
 

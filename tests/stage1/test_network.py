@@ -67,6 +67,7 @@ def test_weights_found_in_hub_cache(tmp_path, monkeypatch):
     assert torch.equal(backbone.state_dict()["stages.2.7.conv.0.0.weight"], state["features.7.conv.0.0.weight"])
 
 
+@pytest.mark.shared_data
 def test_real_mobilenet_weights_match_torchvision(mobilenet_weights):
     import torchvision
 

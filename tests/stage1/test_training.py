@@ -9,12 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from aesipe.config import from_dict
+from aesipe.config import RunConfig, from_dict
 from aesipe.models.aesipe_net import AESIPENet
 from aesipe.train import checkpoint as ckpt_io
 from aesipe.train import engine
 from aesipe.train.cli import app
-from aesipe.config import RunConfig
 from aesipe.train.stages import stage1
 from aesipe.train.stages.make_cam import make_cams
 

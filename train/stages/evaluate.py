@@ -25,14 +25,14 @@ import numpy as np
 
 from aesipe import crf as crf_ops
 from aesipe.config import CrfConfig, RunConfig
-from aesipe.pseudo_labels import to_labels
 from aesipe.data import SegmentationDataset, open_dataset
+from aesipe.pseudo_labels import to_labels
 from aesipe.utils.atomic import atomic_write_text
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
 
-from ..parallel import parallel_map
 from ..metrics import ConfusionMatrix, confusion_matrix, format_table
+from ..parallel import parallel_map
 
 MapKey = Literal["maps", "cam", "iscam", "aeiscam"]
 MAP_KEYS: tuple[str, ...] = ("maps", "cam", "iscam", "aeiscam")

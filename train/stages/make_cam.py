@@ -120,5 +120,5 @@ def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path |
         labels = ds.labels(image_id)
         maps = image_maps(model, ds.load_image(image_id), labels, tt, device)
         record = cam_record(maps, labels, cfg.cam.map)
-        atomic_save(out_dir / f"{image_id}.npz", lambda handle: np.savez(handle, **record))
+        atomic_save(out_dir / f"{image_id}.npz", lambda handle, record=record: np.savez(handle, **record))
     return out_dir

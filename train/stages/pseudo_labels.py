@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 
 from aesipe import crf as crf_ops
 from aesipe.config import CrfConfig, RunConfig
-from aesipe.pseudo_labels import to_labels
 from aesipe.data import SegmentationDataset, open_dataset
+from aesipe.pseudo_labels import to_labels
 from aesipe.utils.atomic import atomic_write_bytes
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png, overlay, save_label_png
@@ -25,6 +25,7 @@ from aesipe.utils.labelpng import load_label_png, overlay, save_label_png
 from ..outputs import folder_digest, prepare_output_dir
 from ..parallel import parallel_map
 from .evaluate import MapKey, cam_dir, cam_paths, load_cam_file
+
 
 def prepare_label_dir(out_dir: Path, settings: dict, cams: Path) -> None:
     """Make ``out_dir`` hold only PNGs made with ``settings`` from the CAMs in ``cams`` (module docstring)."""

@@ -21,8 +21,8 @@ from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import save_label_png
 
 from .. import engine
-from ..propagation import propagate, propagate_dense
 from ..outputs import file_identity
+from ..propagation import propagate, propagate_dense
 from .evaluate import cam_dir, cam_paths, load_cam_file
 from .irn import irn_dir, load_irn
 from .pseudo_labels import prepare_label_dir

@@ -1,0 +1,80 @@
+"""A model labels exactly as its run did: the exported pseudo-labeller in aesipe-label gives the labels of
+the run's own make-cam + eval-cam rule, with the run's scales, flip, PAMR setting and background scale.
+
+The two sides share the code that makes the maps (aesipe.models.pseudo_maps) and the rule that turns them
+into labels (aesipe.pseudo_labels); what may still differ: make-cam stores its maps in float16 (a pixel
+whose two best channels are within float16 rounding can flip) and ONNX Runtime sums in another order
+than PyTorch (differences ~1e-6). Both only matter where two classes tie.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aesipe.pseudo_labels import to_labels
+
+
+def _agreement(cfg, out: Path, split: str) -> tuple[float, int]:
+    from aesipe.data import open_dataset
+    from aesipe.train.stages.evaluate import cam_dir, load_cam_file
+    from aesipe.utils.labelpng import load_label_png
+
+    ds = open_dataset(cfg.data, split)
+    same = total = 0
+    for image_id in ds.ids:
+        classes, maps = load_cam_file(cam_dir(cfg, split) / f"{image_id}.npz", "maps")
+        expected = to_labels(maps, classes, cfg.cam.background_scale)
+        labelled = load_label_png(out / "masks" / f"{image_id}.png")
+        same += int((labelled == expected).sum())
+        total += expected.size
+    return same / total, total
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pamr", ["off", "fused"])
+def test_exported_pseudo_labeller_labels_as_make_cam(pamr, tiny_config, tiny_data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from aesipe.export.api import export_model
+    from aesipe.infer import label_folder
+    from aesipe.train.stages.make_cam import make_cams
+    from aesipe.train.stages.stage1 import train_stage1
+
+    cfg = tiny_config(tmp_path / "run", tiny_data, "cam.scales=1.0,0.5", "cam.flip=true", f"cam.pamr={pamr}",
+                      "cam.background_scale=0.9", "model.pamr_iters=3", "model.pamr_dilations=1,2",
+                      "model.pamr_backend=reference", "train.max_steps=6", "train.lr=0.05")
+    train_stage1(cfg)
+    make_cams(cfg, "train", progress=False)
+    model = export_model(cfg.run_dir, tmp_path / "pl.onnx", what="pseudo_labeller", log=lambda line: None)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in (Path(tiny_data) / "JPEGImages").iterdir():
+        if (Path(cfg.run_dir) / "cams" / "train" / f"{path.stem}.npz").is_file():
+            shutil.copy(path, images / path.name)
+    report = label_folder(model, images, tmp_path / "out", tags_csv=Path(tiny_data) / "labels_train.csv",
+                          progress=False, log=lambda line: None)
+    assert report.ok == len(list(images.iterdir())) and report.failed == 0
+    agreement, pixels = _agreement(cfg, tmp_path / "out", "train")
+    assert agreement >= 0.999, f"{agreement:.5f} of {pixels} pixels agree"
+
+
+def test_the_labeller_refuses_other_test_time_settings_than_its_graphs(tiny_config, tiny_data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from aesipe.export.api import export_model
+    from aesipe.infer import Labeler
+    from aesipe.train.stages.stage1 import train_stage1
+    from aesipe.utils.errors import UserError
+
+    cfg = tiny_config(tmp_path / "run", tiny_data, "cam.scales=1.0,0.5", "train.max_steps=1")
+    train_stage1(dataclasses.replace(cfg))
+    model = export_model(cfg.run_dir, tmp_path / "pl.onnx", what="pseudo_labeller", log=lambda line: None)
+    labeler = Labeler(model)
+    assert labeler.graph_test_time["scales"] == [1.0, 0.5] and labeler.graph_test_time["flip"] is True
+    with pytest.raises(UserError, match="inside the graph; re-export"):
+        Labeler(model, scales=(1.0, 0.75))
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    assert set(np.unique(labeler.label(rgb, tags=["disc"]))) <= {0, 1}
