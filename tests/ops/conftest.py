@@ -2,14 +2,14 @@
 
 The suite runs with ``--import-mode=importlib``, so helpers are handed out as fixtures rather than
 imported. The op library is built once per session into the suite's private cache (``build/test-cache``,
-set by tests/conftest.py), never the user's ``~/.cache``; later runs load it without compiling. Tests needing the compiled op skip only when no C++ compiler exists (and nothing is
-cached); any other build failure fails them.
+set by tests/conftest.py), never the user's ``~/.cache``; later runs load it without compiling. Tests
+needing the compiled op skip only when no C++ compiler exists (and nothing is cached); any other build
+failure fails them.
 """
 from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 from typing import Callable
 
 import pytest
