@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# onnxruntime (CPU) by default; GPU users: make EXTRAS=gpu,export,crf,dev (never both cpu and gpu).
+# Everything `make test` and `make demo` need: onnxruntime (CPU), export (which includes train: torch,
+# torchvision, ninja), crf, dev. GPU users: make EXTRAS=gpu,export,crf,dev (never both cpu and gpu).
+# The torch-free labelling install is `pip install 'aesipe[cpu]'` (README, Install).
 EXTRAS ?= cpu,export,crf,dev
 STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 

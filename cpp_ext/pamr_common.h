@@ -56,7 +56,9 @@ struct Geometry {
 };
 
 // Raw-pointer kernels, instantiated for float and double (half/bfloat16 inputs are computed in float).
-// `aff` is [B, P, H, W] with P = 8 * D; image/src/dst are [B, channels, H, W]; all contiguous.
+// image/src/dst are contiguous [B, channels, H, W]. `aff` holds B * P * H * W values (P = 8 * D),
+// written by affinity and read by propagate of the same backend, in that backend's own layout:
+// [B, P, H, W] on CUDA, pixel groups per row on the CPU (see cpu/pamr_kernel.cpp).
 namespace cpu {
 template <typename T>
 void affinity(const Geometry& g, const T* image, T* aff);

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +34,43 @@ def preprocess(image: Image.Image, fmt: dict) -> tuple[np.ndarray, int, int]:
     return batch, height, width
 
 
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr and an exit code: what a user's mistake deserves (never a traceback)."""
+    print(f"ort_client.py: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def open_model(path: str) -> ort.InferenceSession:
+    if not os.path.isfile(path):
+        fail(f"{path} is a folder: give the .onnx file" if os.path.isdir(path) else f"model file not found: {path}")
+    try:
+        return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
+        fail(f"cannot load {path} with onnxruntime: {str(exc).splitlines()[0][:160]}")
+
+
+def read_image(path: str, fmt: dict) -> tuple[np.ndarray, int, int]:
+    if not os.path.isfile(path):
+        fail(f"{path} is a folder: give one image file" if os.path.isdir(path) else f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return preprocess(image, fmt)
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow: not an image, truncated, corrupt
+        fail(f"cannot read image {path}: {str(exc).splitlines()[0][:160]}", 1)
+
+
+def tag_vector(text: str, classes: list[str]) -> np.ndarray:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        fail("this model is a pseudo-labeller: give the image's classes with --tags name1,name2")
+    tags = np.zeros((1, len(classes) - 1), dtype=np.float32)
+    for name in names:
+        if name not in classes[1:]:
+            fail(f"unknown class {name!r}: the model knows {', '.join(classes[1:])}")
+        tags[0, classes.index(name) - 1] = 1.0
+    return tags
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -40,19 +79,15 @@ def main() -> None:
     parser.add_argument("--tags", default="", help="comma-separated class names (pseudo-labellers)")
     args = parser.parse_args()
 
-    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    session = open_model(args.model)
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("producer") != "aesipe-export":
-        raise SystemExit(f"{args.model} was not made by aesipe-export")
+        fail(f"{args.model} was not made by aesipe-export (it has no aesipe metadata)")
     fmt, classes = json.loads(meta["input_format"]), json.loads(meta["classes"])
-    with Image.open(args.image) as image:
-        batch, height, width = preprocess(image, fmt)
+    batch, height, width = read_image(args.image, fmt)
     feeds = {"image": batch}
     if meta["model_kind"] == "pseudo_labeller":
-        tags = np.zeros((1, len(classes) - 1), dtype=np.float32)
-        for name in filter(None, args.tags.split(",")):
-            tags[0, classes.index(name) - 1] = 1.0
-        feeds["tags"] = tags
+        feeds["tags"] = tag_vector(args.tags, classes)
     labels = session.run(["labels"], feeds)[0][0, :height, :width]
 
     palette = np.zeros((256, 3), dtype=np.uint8)
@@ -60,7 +95,10 @@ def main() -> None:
     palette[: len(colours)] = colours
     out = Image.fromarray(np.ascontiguousarray(labels.astype(np.uint8)))
     out.putpalette(palette.flatten().tolist())  # an "L" image becomes "P": values stay class indices
-    out.save(args.output)
+    try:
+        out.save(args.output)
+    except OSError as exc:
+        fail(f"cannot write {args.output}: {exc.strerror or exc}", 1)
     present = [classes[i] for i in np.unique(labels)]
     print(f"{args.output}: {width}x{height}, classes {', '.join(present)}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -111,6 +112,10 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
     input_names = ["image"] if loaded.what == "segmenter" else ["image", "tags"]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.stem}.partial-{os.getpid()}{out_path.suffix}")
+    what = loaded.what.replace("_", "-")
+    detail = f" ({test_time.describe()['scales']} scales, flip {test_time.flip}, PAMR {test_time.pamr})" if test_time else ""
+    log(f"exporting the {what}{detail} to {fmt.name}: tracing the network (a real one takes a minute or two on a CPU)")
+    started = time.perf_counter()
     try:
         with torch.no_grad():
             if fmt.name == "torchscript":
@@ -125,6 +130,7 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
                 opset = opset or DEFAULT_OPSET
                 metadata = _metadata(loaded, test_time, fmt, opset, half)
             fmt.write(graph, samples, input_names, ["scores", "labels"], metadata, partial, opset=opset)
+        log(f"written in {time.perf_counter() - started:.0f} s" + ("; checking it against PyTorch at two sizes" if verify else ""))
         if verify:
             result = verify_file(partial, reference, None if loaded.what == "segmenter" else num_classes,
                                  "float16" if half else "float32")

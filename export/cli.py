@@ -1,6 +1,8 @@
 """`aesipe-export SOURCE [OUT]`: a run directory or checkpoint -> a verified ONNX / TorchScript file."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -61,4 +63,10 @@ def _scales(text: str | None) -> tuple[float, ...] | None:
 
 
 def main() -> None:
+    # The light install (`aesipe[cpu]`) has the command but not torch: one line, exit 2, before any export.
+    # (With torch but without onnx/onnxscript, an ONNX export ends in its own one-line hint, exit 2.)
+    missing = [name for name in ("torch", "torchvision") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"{PROG}: error: exporting needs {' and '.join(missing)}: pip install 'aesipe[export]'", file=sys.stderr)
+        sys.exit(2)
     run_cli(app, PROG)

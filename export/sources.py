@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import torch
 from torch import nn
 
+from aesipe.checkpoints import KIND_NAMES, read_checkpoint
 from aesipe.config import RunConfig, run_config_from_saved
 from aesipe.utils.errors import UserError
 
@@ -20,8 +20,8 @@ WHAT_CHECKPOINT = {"segmenter": "seg/final.pt", "pseudo_labeller": "stage1/final
 WHAT_KIND = {"segmenter": "deeplabv3", "pseudo_labeller": "aesipe"}
 KIND_WHAT = {kind: what for what, kind in WHAT_KIND.items()}
 STAGE_HINT = {
-    "segmenter": "train the segmenter first: aesipe-train seg (or aesipe-train all)",
-    "pseudo_labeller": "train stage 1 first: aesipe-train train",
+    "segmenter": "train the segmenter first: aesipe-train seg RUN (or the whole method: aesipe-train pipeline RUN)",
+    "pseudo_labeller": "train stage 1 first: aesipe-train train RUN",
 }
 
 
@@ -67,28 +67,21 @@ def resolve_checkpoint(source: Path, what: str) -> Path:
     return checkpoint
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for non-checkpoints; all mean "cannot read it"
-        raise UserError(f"{path} is not a readable aesipe checkpoint ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or not {"kind", "model", "config", "class_names"} <= set(data):
-        raise UserError(f"{path} is not an aesipe checkpoint (needs kind, model, config, class_names)")
-    return data
-
-
 def load_source(source: str | Path, what: str | None = None) -> LoadedModel:
     """Load the model to export; ``what`` defaults to the checkpoint's kind (run dirs: segmenter)."""
     source = Path(source)
     if what is not None and what not in WHAT_KIND:
         raise UserError(f"--what must be segmenter or pseudo-labeller, got {what!r}")
     path = resolve_checkpoint(source, what or "segmenter")
-    data = _read_checkpoint(path)
+    data = read_checkpoint(path)
     kind = data["kind"]
     if kind not in KIND_WHAT:
-        raise UserError(f"{path} holds a {kind!r} model; export a segmenter (seg/final.pt) or a stage-1 network")
+        raise UserError(f"{path} holds an {KIND_NAMES.get(kind, kind)} model: export a segmenter (seg/final.pt) or a "
+                        "stage-1 network (stage1/final.pt, --what pseudo-labeller)")
     if what is not None and KIND_WHAT[kind] != what:
-        raise UserError(f"{path} holds a {kind} model, not a {what.replace('_', '-')}")
+        other = KIND_WHAT[kind].replace("_", "-")
+        raise UserError(f"{path} holds a {kind} model ({KIND_NAMES.get(kind, 'unknown')}), not a "
+                        f"{what.replace('_', '-')}: export it with --what {other}")
     what = KIND_WHAT[kind]
     cfg = run_config_from_saved(data["config"])
     class_names = [str(name) for name in data["class_names"]]

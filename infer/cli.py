@@ -27,23 +27,26 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-@app.command(help="Label every image under INPUT into OUTPUT/masks/ (palette PNGs of class indices, the "
-                  "input's size) and write OUTPUT/report.json. Re-running resumes.")
+@app.command(help="Label every image INPUT names into OUTPUT/masks/ (palette PNGs of class indices, the "
+                  "input's size) and write OUTPUT/report.json. A re-run keeps the masks that the same model, options "
+                  "and tags made and redoes the others.")
 @user_errors(PROG)
 def label(
     model: Annotated[Path, typer.Argument(help="Exported model (.onnx, or TorchScript .pt) from aesipe-export.")],
-    input: Annotated[Path, typer.Argument(help="Image folder (searched recursively) or one image.")],
-    output: Annotated[Path, typer.Argument(help="Output folder.")],
+    input: Annotated[str, typer.Argument(help="Image folder (searched recursively), one image, a quoted glob "
+                                              "pattern like 'photos/**/*.jpg', or @list.txt (one path per line).")],
+    output: Annotated[Path, typer.Argument(help="Output folder (never read as input, even inside INPUT).")],
     overlay: Annotated[bool, typer.Option(help="Also write blended previews to OUTPUT/overlays/.")] = False,
     tags: Annotated[Optional[Path], typer.Option(help="CSV 'image,labels' (class names); required by "
                                                       "pseudo-labellers.")] = None,
     crf: Annotated[bool, typer.Option(help="Refine with a dense CRF (pip install 'aesipe[crf]').")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per model call (same-size images batch together).")] = 4,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (that GPU).")] = "auto",
     half: Annotated[bool, typer.Option(help="Require a float16 model (export with --half).")] = False,
-    scales: Annotated[str, typer.Option(help="Test-time scales, e.g. 1.0,0.75 (scores are fused).")] = "1.0",
-    flip: Annotated[bool, typer.Option(help="Also run the horizontally flipped image and fuse.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Redo images whose mask already exists.")] = False,
+    scales: Annotated[str, typer.Option(help="Segmenters: test-time scales, e.g. 1.0,0.75 (scores are fused); "
+                                             "a pseudo-labeller runs its run's scales inside the graph.")] = "1.0",
+    flip: Annotated[bool, typer.Option(help="Segmenters: also run the mirror image and fuse.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo every mask, valid or not.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Decode/encode threads (default: min(4, cores)).")] = None,
     max_side: Annotated[int, typer.Option(help="Images with a longer side are labelled at this size and the "
                                                "result resized back.")] = 2048,
@@ -52,13 +55,9 @@ def label(
 ) -> None:
     from .folder import label_folder
 
-    if workers is not None and workers < 1:
-        raise UserError("--workers must be at least 1")
-    if max_side < 16:
-        raise UserError("--max-side must be at least 16")
     report = label_folder(model, input, output, tags_csv=tags, overlay=overlay, crf=crf, batch_size=batch_size,
-                        device=device, half=half, scales=parse_scales(scales), flip=flip, overwrite=overwrite,
-                        workers=workers, max_side=max_side, threads=threads, log=lambda m: typer.echo(m, err=True))
+                          device=device, half=half, scales=parse_scales(scales), flip=flip, overwrite=overwrite,
+                          workers=workers, max_side=max_side, threads=threads, log=lambda m: typer.echo(m, err=True))
     summary = report.summary
     rate = summary.get("images_per_second")
     typer.echo(f"{report.ok} labelled, {report.failed} failed ({summary['resumed']} kept from an earlier run)"

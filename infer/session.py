@@ -21,6 +21,7 @@ from aesipe.utils.errors import UserError
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".torchscript")
 DEVICES = ("auto", "cpu", "cuda")
+"""Also ``cuda:N``: that GPU (ONNX Runtime's CUDA provider ``device_id``; torch's ``cuda:N``)."""
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
@@ -49,9 +50,12 @@ class OrtBackend:
         except ImportError:
             raise UserError("ONNX models need onnxruntime: pip install 'aesipe[cpu]' (or 'aesipe[gpu]')") from None
         available = ort.get_available_providers()
-        requested = list(providers) if providers else self._providers_for(device, available)
-        if device == "cuda" and CUDA_EP not in available and not providers:
-            raise UserError("--device cuda: this onnxruntime has no CUDA provider; pip install 'aesipe[gpu]'")
+        kind, gpu = parse_device(device)
+        requested = list(providers) if providers else self._providers_for(kind, available)
+        if kind == "cuda" and CUDA_EP not in available and not providers:
+            raise UserError(f"--device {device}: this onnxruntime has no CUDA provider; pip install 'aesipe[gpu]' "
+                            "(and uninstall onnxruntime: the two packages overwrite each other)")
+        provider_options = [{"device_id": gpu} if p == CUDA_EP else {} for p in requested]
         if CUDA_EP in requested and hasattr(ort, "preload_dlls"):
             try:  # finds the CUDA/cuDNN libraries torch's wheels installed, when torch is there
                 ort.preload_dlls()
@@ -63,7 +67,8 @@ class OrtBackend:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested,
+                                                provider_options=provider_options)
         except Exception as exc:
             raise UserError(f"cannot load {path} with onnxruntime: {str(exc).splitlines()[0][:200]}") from None
         self.info = _parse(dict(self.session.get_modelmeta().custom_metadata_map), path)
@@ -77,8 +82,6 @@ class OrtBackend:
 
     @staticmethod
     def _providers_for(device: str, available: Sequence[str]) -> list[str]:
-        if device not in DEVICES:
-            raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
         if device in ("auto", "cuda") and CUDA_EP in available:
             return [CUDA_EP, CPU_EP]
         return [CPU_EP]
@@ -104,21 +107,23 @@ class TorchScriptBackend:
         try:
             import torch
         except ImportError:
-            raise UserError("TorchScript models need torch; export to ONNX to label without torch") from None
+            raise UserError("TorchScript models need torch: pip install 'aesipe[train]', or label the ONNX export, "
+                            "which needs no torch") from None
         self.info = _parse(read_torchscript_metadata(path), path)
         self._load_custom_ops(torch)
-        if device not in DEVICES:
-            raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: torch sees no CUDA GPU")
-        self.device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        kind, gpu = parse_device(device)
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch sees no CUDA GPU")
+        if kind == "cuda" and gpu >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 ...)")
+        self.device = f"cuda:{gpu}" if kind in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
         self._torch = torch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates torch.jit
             self.module = torch.jit.load(str(path), map_location=self.device).eval()
         self.providers = [f"torch.jit ({self.device})"]
         self.fallback = None
-        self.on_gpu = self.device == "cuda"
+        self.on_gpu = self.device.startswith("cuda")
 
     def _load_custom_ops(self, torch) -> None:
         """Load the op library the file calls: the exporting machine's, else this machine's cached build.
@@ -151,9 +156,21 @@ class TorchScriptBackend:
         return {name: outputs[name].cpu().numpy() for name in want}
 
 
+def parse_device(device: str) -> tuple[str, int]:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> (kind, GPU index)."""
+    kind, _, index = str(device).partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"--device must be one of auto, cpu, cuda, cuda:N (that GPU), got {device!r}")
+    return kind, int(index or 0)
+
+
 def open_backend(path: str | Path, device: str = "auto", providers: Sequence[str] | None = None,
                  threads: int | None = None):
     path = Path(path)
+    if path.is_dir():
+        exported = sorted(path.glob("*.onnx")) + sorted((path / "export").glob("*.onnx"))
+        hint = f" such as {exported[0]}" if exported else " (aesipe-export writes RUN/export/segmenter.onnx)"
+        raise UserError(f"MODEL {path} is a folder: give the exported .onnx or TorchScript .pt file{hint}")
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
     suffix = path.suffix.lower()

@@ -2,7 +2,7 @@
 
 ``last.pt`` (resumable: optimizer, scheduler, scaler, RNG, step) lives in ``<stage>/checkpoints/``;
 ``final.pt`` carries only what inference and export need. Both are plain ``torch.save`` dicts, so they
-load without aesipe (``torch.load(path, weights_only=False)``).
+load without aesipe; aesipe reads them with ``aesipe.checkpoints.read_checkpoint`` (no arbitrary unpickling).
 """
 from __future__ import annotations
 
@@ -14,12 +14,9 @@ import numpy as np
 import torch
 
 from aesipe import __version__
+from aesipe.checkpoints import FORMAT, KINDS, VERSION, read_checkpoint
 from aesipe.utils.atomic import atomic_save
-from aesipe.utils.errors import UserError
 
-FORMAT = "aesipe-checkpoint"
-VERSION = 1
-KINDS = ("aesipe", "irn", "deeplabv3")
 LAST_NAME = "last.pt"
 FINAL_NAME = "final.pt"
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng")
@@ -99,25 +96,9 @@ def write_final(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load and check an aesipe checkpoint; a wrong file is a one-line ``UserError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        # Our own files hold numpy RNG state and config dicts: full unpickling is needed.
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # corrupt / truncated / not a torch file
-        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}", 1) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(
-            f"{path} is not an aesipe checkpoint (for the authors' SIPE/AE-SIPE files use "
-            "`aesipe-train import-checkpoint`)"
-        )
-    if ckpt.get("version", 0) > VERSION:
-        raise UserError(f"{path} has checkpoint version {ckpt['version']}; this aesipe reads up to {VERSION}")
-    if kind is not None and ckpt.get("kind") != kind:
-        raise UserError(f"{path} holds a {ckpt.get('kind')!r} model, expected {kind!r}")
-    return ckpt
+    """Load and check an aesipe checkpoint (``aesipe.checkpoints``: safe unpickling); a wrong file is a
+    one-line ``UserError``."""
+    return read_checkpoint(path, kind, map_location)
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

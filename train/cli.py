@@ -1,6 +1,9 @@
 """``aesipe-train``: thin Typer commands; each parses, resolves the run config and calls a stage function."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 from aesipe.constants import PROG_TRAIN as PROG
 from aesipe.utils.cli import make_app, run_cli, version_option
 
@@ -22,6 +25,11 @@ commands_refine.register(app)
 
 
 def main() -> None:
+    # The light install (`aesipe[cpu]`) has the command but not torch: one line, exit 2, before any stage runs.
+    missing = [name for name in ("torch", "torchvision") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"{PROG}: error: training needs {' and '.join(missing)}: pip install 'aesipe[train]'", file=sys.stderr)
+        sys.exit(2)
     run_cli(app, PROG)
 
 

@@ -27,13 +27,21 @@ Protocol = Annotated[
 ]
 
 
-def _parse_scales(text: str | None) -> list[float]:
+def _parse_scales(text: str | None, option: str = "--sweep") -> list[float]:
+    """``0.5,0.6,0.7`` or a range ``START:STOP:STEP`` (both ends included), e.g. ``0.5:1.5:0.05``."""
     if not text:
         return []
     try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            return [round(start + k * step, 6) for k in range(count)]
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"--sweep takes comma-separated numbers like 0.5,0.6,0.7, not {text!r}") from None
+        raise UserError(f"{option} takes numbers like 0.5,0.6,0.7 or a range START:STOP:STEP like 0.5:1.5:0.05, "
+                        f"not {text!r}") from None
 
 
 def _choice(value: str | None, choices: tuple[str, ...], option: str) -> str | None:
@@ -75,7 +83,8 @@ def eval_cam(
     recipe: Recipe = None,
     split: Split = None,
     map_key: MapKeyOption = "maps",
-    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Background scales to try, e.g. 0.5,0.6,0.7,0.8,0.9,1.0.")] = None,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Background scales to try: 0.6,0.8,1.0 or a range "
+                                                                 "START:STOP:STEP such as 0.5:1.5:0.05.")] = None,
     crf: Annotated[bool, typer.Option("--crf", help="Also judge the CRF-refined labels (see --protocol).")] = False,
     protocol: Protocol = None,
 ) -> None:
@@ -130,7 +139,33 @@ def crf(
         typer.echo(f"wrote {contact_sheet(ds, out_dir, out_dir.parent / f'{out_dir.name}_sheet.jpg')}")
 
 
+@user_errors(PROG)
+def calibrate(
+    run_dir: RunDir,
+    overrides: Overrides = None,
+    recipe: Recipe = None,
+    split: Split = None,
+    images: Annotated[int, typer.Option("--images", help="How many images with masks to calibrate on.")] = 20,
+    scales: Annotated[Optional[str], typer.Option("--scales", help="Background scales to try (default "
+                                                                   "0.5:1.5:0.05).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Stage-1 checkpoint (default: "
+                                                                            "RUN_DIR/stage1/final.pt).")] = None,
+) -> None:
+    """Pick the background scale on a few masks you have (makes their CAMs if needed) and store it in the run.
+
+    eval-cam, the CRF pseudo-labels, the IR labels and the exported pseudo-labeller then use it. Judge the
+    result on images the calibration did not see."""
+    from .runconfig import resolve_run_config
+    from .stages.calibrate import calibrate as run
+    from .stages.calibrate import describe
+
+    cfg = resolve_run_config(_existing_run(run_dir), recipe, overrides or [])
+    _, record = run(cfg, split, images, _parse_scales(scales, "--scales") or None, checkpoint)
+    typer.echo(describe(record))
+
+
 def register(app: typer.Typer) -> None:
     app.command("synth")(synth)
     app.command("eval-cam")(eval_cam)
     app.command("crf")(crf)
+    app.command("calibrate")(calibrate)

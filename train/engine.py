@@ -36,16 +36,20 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def select_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
-    """``auto``: CUDA when present else CPU; ``cuda`` without a GPU is a user error (exit 2)."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+    """``auto``: CUDA when present else CPU; ``cuda:N`` that GPU (under torchrun each rank takes its
+    local rank's GPU); ``cuda`` without a GPU is a user error (exit 2)."""
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError("device=cuda was asked for but no CUDA GPU is visible (use device=auto or cpu)")
-    index = local_rank if local_rank is not None else 0
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
+        raise UserError(f"runtime.device={name} was asked for but no CUDA GPU is visible (use auto or cpu)")
+    gpu = local_rank if local_rank is not None else int(index or 0)
+    if gpu >= torch.cuda.device_count():
+        raise UserError(f"runtime.device={name}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0 ...)")
+    torch.cuda.set_device(gpu)
+    return torch.device("cuda", gpu)
 
 
 # ---------------------------------------------------------------- distributed
@@ -71,7 +75,7 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        use_cuda = not device_name.startswith("cpu") and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")

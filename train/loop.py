@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from aesipe.config import RuntimeConfig, SolverConfig
+from aesipe.utils.atomic import remove_temporaries
 from aesipe.utils.errors import UserError
 
 from . import engine
@@ -177,6 +178,8 @@ def train_loop(
         raise UserError(f"{len(dataset)} training images are fewer than one batch of {spec.batch_size} per process")
     scaler = grad_scaler(device, spec.amp)
     model.to(device)
+    if info.is_main:
+        remove_temporaries(ckpt_dir)  # a checkpoint write cut off by a kill (the previous file is intact)
     step = 0
     last = ckpt_io.latest_checkpoint(ckpt_dir)
     if last is not None:

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from aesipe.config import SCHEMA_VERSION, RunConfig, config_hash, save_config, to_dict
+from aesipe.config import SCHEMA_VERSION, RunConfig, config_hash, to_dict
 from aesipe.utils.atomic import atomic_write_text
 from aesipe.utils.errors import UserError
 
 from .pipeline_legacy import adopt_legacy_records
+from .runconfig import save_run_config
 
 MANIFEST = "manifest.json"
 # Fields that change how fast or where a stage runs, never what it makes.
@@ -238,7 +239,7 @@ def run_pipeline(
     _check_stage(until, "--until")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.toml")
+    save_run_config(cfg)
     hashes = stage_hashes(cfg)
     manifest = read_manifest(run_dir)
     records = manifest["stages"]

@@ -273,6 +273,8 @@ def generate(
     if image_format not in ("jpg", "png"):
         raise UserError(f"image format must be jpg or png, not {image_format!r}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file: give a folder for the synthetic dataset (it is created if missing)")
     settings = SynthSettings(num_train, num_val, size, seed, num_classes, image_format)
     _check_settings(out_dir, settings)
     names = ("background",) + tuple(c.name for c in CLASSES[:num_classes])

@@ -1,7 +1,9 @@
 """Atomic file writes: a reader (or a resumed run) never sees a half-written file.
 
 Write to a temporary file in the destination folder, fsync, then ``os.replace`` over the target:
-rename within one filesystem is atomic on POSIX and Windows.
+rename within one filesystem is atomic on POSIX and Windows. The file gets the permissions any other
+tool's new file would get under the user's umask (``mkstemp`` alone would leave it 0600, unreadable by a
+teammate, a web server or a labelling tool running as another user).
 """
 from __future__ import annotations
 
@@ -12,6 +14,17 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any thread of ours runs.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()
+"""Mode of every file aesipe writes: what open(..., "w") would create under the user's umask."""
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
     """``with atomic_open(p) as f: f.write(...)``; the target appears only if the block succeeds."""
@@ -19,6 +32,8 @@ def atomic_open(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Binar
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -43,3 +58,19 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[BinaryIO], None]) -> 
     """Atomic write through a callback taking a binary file (``torch.save``, ``np.savez``, PIL)."""
     with atomic_open(path) as handle:
         writer(handle)
+
+
+def remove_temporaries(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Delete the temporary files a killed writer left in ``folder`` (``.<name>.<random>.tmp``); returns how
+    many. Call it where one process owns the folder (a training stage's checkpoints, a labelling job's
+    outputs): a live writer's temporary file would be taken from under it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    removed = 0
+    for path in found:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed

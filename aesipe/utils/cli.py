@@ -61,8 +61,9 @@ def run_cli(app: typer.Typer, prog: str) -> None:
         hint = f" (see {prog} --help)" if getattr(exc, "exit_code", 2) == 2 else ""
         fail(exc.format_message() + hint, exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
+        code = INTERRUPTED
+    if code == INTERRUPTED:  # Typer turns a Ctrl-C inside a command into Exit(130)
         print(f"{prog}: interrupted; finished outputs are kept and a re-run resumes", file=sys.stderr)
-        sys.exit(INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
 
 

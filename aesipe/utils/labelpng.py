@@ -46,15 +46,32 @@ def _as_palette_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
     return image
 
 
-def encode_label_png(labels: np.ndarray, palette: np.ndarray) -> bytes:
+def encode_label_png(labels: np.ndarray, palette: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """PNG bytes; ``text`` entries become tEXt chunks (before the pixels, so they read without decoding)."""
     buffer = io.BytesIO()
-    _as_palette_image(labels, palette).save(buffer, format="PNG", optimize=False)
+    info = None
+    if text:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+    _as_palette_image(labels, palette).save(buffer, format="PNG", optimize=False, pnginfo=info)
     return buffer.getvalue()
 
 
-def save_label_png(path: str | Path, labels: np.ndarray, palette: np.ndarray) -> None:
-    """Write ``labels`` (uint8 H x W of class indices) as a palette PNG, atomically."""
-    atomic_write_bytes(path, encode_label_png(labels, palette))
+def save_label_png(path: str | Path, labels: np.ndarray, palette: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """Write ``labels`` (uint8 H x W of class indices) as a palette PNG, atomically (``text``: tEXt chunks)."""
+    atomic_write_bytes(path, encode_label_png(labels, palette, text))
+
+
+def read_png_text(path: str | Path) -> dict[str, str]:
+    """The tEXt chunks of a PNG, without decoding its pixels; {} for an unreadable file."""
+    try:
+        with Image.open(path) as image:
+            return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+    except (OSError, ValueError, SyntaxError):
+        return {}
 
 
 def load_label_png(path: str | Path) -> np.ndarray:

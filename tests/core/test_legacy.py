@@ -42,7 +42,7 @@ def test_a_saved_config_of_0_1_means_what_it_meant(legacy_run):
 def test_resolving_the_run_config_upgrades_config_toml(legacy_run):
     from aesipe.train.runconfig import resolve_run_config
 
-    cfg = resolve_run_config(legacy_run, overrides=["cam.flip=false"])
+    cfg = resolve_run_config(legacy_run, overrides=["cam.flip=false"], save=True)
     again = read_run_config(legacy_run / "config.toml")
     assert again == cfg and not again.cam.flip and again.runtime.device == "cpu"
     assert "schema = 2" in (legacy_run / "config.toml").read_text()

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from aesipe.config import from_dict
+from aesipe.config import RunConfig, from_dict
 from aesipe.train.cli import app
-from aesipe.config import RunConfig
 from aesipe.train.stages.evaluate import evaluate_cams
+from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png
 
 from .conftest import graded_u, one_hot_v, write_cam
@@ -169,3 +169,30 @@ def test_crf_command_ir_protocol_writes_unsure_pixels(bands_run, bands):
     np.testing.assert_array_equal(labels[:, 4:8], 255)
     np.testing.assert_array_equal(labels[:, :4], 0)
     np.testing.assert_array_equal(labels[:, 8:], 1)
+
+
+def test_calibrate_picks_the_best_scale_on_the_masks_and_stores_it(bands_run, bands):
+    from aesipe.config.schema import read_run_config
+    from aesipe.train.stages.calibrate import CALIBRATION_FILE, calibrate
+
+    cfg = config(bands_run, bands)
+    # The calibration must choose what eval-cam rates best on the same images (u's class-1 band values
+    # 0.5 / 0.65 / 0.9 against a background of 0.7 make the scales differ), and store it.
+    scales = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2]
+    expected = evaluate_cams(cfg, "train", "maps", scales, progress=False)["best_background_scale"]
+    calibrated, record = calibrate(cfg, "train", images=2, scales=scales, progress=False)
+    assert calibrated.cam.background_scale == expected == record["background_scale"]
+    assert read_run_config(bands_run / "config.toml").cam.background_scale == expected
+    saved = json.loads((bands_run / CALIBRATION_FILE).read_text())
+    assert saved["images"] == ["u", "v"] and len(saved["sweep"]) == len(scales)
+    assert calibrated.ir_label.bg_background_scale == expected
+    assert calibrated.ir_label.fg_background_scale == max(1.0, expected / 0.8)
+
+
+def test_sweep_takes_a_range(bands_run):
+    from aesipe.train.commands_data import _parse_scales
+
+    assert _parse_scales("0.5:1.0:0.1") == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert _parse_scales("0.8,1.0") == [0.8, 1.0]
+    with pytest.raises(UserError, match="START:STOP:STEP"):
+        _parse_scales("1.0:0.5:0.1")

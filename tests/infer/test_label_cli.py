@@ -123,24 +123,25 @@ def test_files_not_from_aesipe_export_are_refused(photo_folder, tmp_path):
 
 def test_interrupted_run_resumes_and_loses_nothing(seg_onnx, photo_folder, tmp_path, monkeypatch):
     from aesipe.infer import folder as pipeline
+    from aesipe.infer import job
 
     clean = tmp_path / "clean"
     assert _label(seg_onnx, photo_folder, clean, "--workers", "1").exit_code == 0
-    real_save, calls = pipeline.save_label_png, []
+    real_save, calls = job.save_label_png, []
 
-    def interrupted_save(path, labels, palette):
+    def interrupted_save(path, labels, palette, text=None):
         calls.append(path)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        real_save(path, labels, palette)
+        real_save(path, labels, palette, text)
 
-    monkeypatch.setattr(pipeline, "save_label_png", interrupted_save)
+    monkeypatch.setattr(job, "save_label_png", interrupted_save)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         pipeline.label_folder(seg_onnx, photo_folder, out, workers=1, batch_size=1, progress=False)
     written = sorted(p.name for p in (out / "masks").rglob("*.png"))
     assert 2 <= len(written) < 5 and not list(out.rglob(".*.tmp"))
-    monkeypatch.setattr(pipeline, "save_label_png", real_save)
+    monkeypatch.setattr(job, "save_label_png", real_save)
     result = _label(seg_onnx, photo_folder, out)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())

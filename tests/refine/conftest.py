@@ -33,7 +33,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def _tiny_config(run_dir: Path, data_root: Path, *extra: str):
     from aesipe.train.runconfig import resolve_run_config
 
-    return resolve_run_config(run_dir, None, [*TINY_OVERRIDES, f"data.root={data_root}", *extra])
+    return resolve_run_config(run_dir, None, [*TINY_OVERRIDES, f"data.root={data_root}", *extra], save=True)
 
 
 def _fake_cams(cfg, split: str) -> Path:

@@ -17,7 +17,7 @@ and unsure IR pixels count as background.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -33,6 +33,7 @@ from aesipe.utils.labelpng import IGNORE_INDEX
 
 from ..metrics import ConfusionMatrix, confusion_matrix, format_table
 from ..parallel import parallel_map
+from ..runconfig import save_run_config
 
 MapKey = Literal["maps", "cam", "iscam", "aeiscam"]
 MAP_KEYS: tuple[str, ...] = ("maps", "cam", "iscam", "aeiscam")
@@ -139,8 +140,9 @@ def evaluate_cams(
     background_scales: Sequence[float] | None = None,
     crf_protocol: CrfProtocol | None = None,
     progress: bool = True,
+    ids: Sequence[str] | None = None,
 ) -> dict:
-    """mIoU etc. of the run's CAM files on ``split`` (default ``data.cam_split``).
+    """mIoU etc. of the run's CAM files on ``split`` (default ``data.cam_split``; ``ids``: only those images).
 
     Every scale in ``background_scales`` (default: ``cam.background_scale``, or for the ``ir``
     protocol ``ir_label.bg_background_scale``) is judged; the headline figures are those of the first,
@@ -157,9 +159,16 @@ def evaluate_cams(
         background_scales = (cfg.ir_label.bg_background_scale if crf_protocol == "ir" else cfg.cam.background_scale,)
     scales = tuple(dict.fromkeys(float(s) for s in background_scales))  # unique, in the given order
     ds = open_dataset(cfg.data, split)
+    if ids is not None:
+        unknown = [i for i in ids if i not in ds.image_paths]
+        if unknown:
+            raise UserError(f"image {unknown[0]!r} is not in split {split!r} of {ds.root}")
+        ds = replace(ds, ids=list(ids))
     if not ds.has_masks:
         raise UserError(f"split {split!r} of {ds.root} has no ground-truth masks for every image: cannot evaluate")
-    ctx = _EvalContext(ds, cam_paths(cfg, ds, split), map_key, scales, crf_protocol, cfg.crf,
+    cams = cam_paths(cfg, ds, split)
+    save_run_config(cfg)
+    ctx = _EvalContext(ds, cams, map_key, scales, crf_protocol, cfg.crf,
                        cfg.ir_label.fg_background_scale)  # fmt: skip
     per_scale = [ConfusionMatrix(ds.class_names) for _ in scales]
     workers = cfg.crf.workers if crf_protocol else 1  # without a CRF the work is too light to share

@@ -18,6 +18,7 @@ from aesipe.data import SegmentationDataset, open_dataset
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import save_label_png
 
+from ..runconfig import save_run_config
 from .evaluate import cam_dir, cam_paths, load_cam_file
 from .pseudo_labels import prepare_label_dir, write_label_pngs
 
@@ -57,6 +58,7 @@ def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = Tr
         "crf": asdict(cfg.crf) | {"workers": None, "protocol": None},
     }
     cams = cam_paths(cfg, ds, split)
+    save_run_config(cfg)
     prepare_label_dir(out_dir, settings, cam_dir(cfg, split))
     ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label)
     write_label_pngs(out_dir, ds.ids, _write_ir_label, ctx, cfg.ir_label.workers, f"ir-labels {split}", progress)

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aesipe.config import RunConfig, run_config_from_saved, save_config, to_dict
+from aesipe.config import RunConfig, run_config_from_saved, to_dict
 from aesipe.models.irn import IRNet, build_irn, irn_losses
 from aesipe.models.path_index import PathIndex, path_index
 from aesipe.utils.errors import UserError
 
 from .. import checkpoint as ckpt_io
 from .. import engine, loop
+from ..runconfig import save_run_config
 
 STAGE_DIR = "irn"
 
@@ -108,7 +109,7 @@ def train_irn(cfg: RunConfig) -> Path:
             stage_dir=irn_dir(cfg), kind="irn", workers=cfg.data.workers,
         )
         if info.is_main:
-            save_config(cfg, Path(cfg.run_dir) / "config.toml")
+            save_run_config(cfg)
         return loop.train_loop(
             model, optimizer, scheduler, dataset, lambda net, batch: irn_batch_losses(net, batch, index),
             spec, device, to_dict(cfg), ds.class_names, info,

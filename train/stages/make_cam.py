@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from aesipe.utils.errors import UserError
 from .. import checkpoint as ckpt_io
 from .. import engine
 from ..outputs import file_identity, prepare_output_dir
+from ..runconfig import save_run_config
 from .evaluate import cam_dir
 from .stage1 import final_checkpoint_path
 
@@ -96,8 +98,9 @@ def cam_folder_settings(cfg: RunConfig, checkpoint: Path) -> dict:
                 "pamr_iters", "pamr_dilations", "ae_align_corners")}}
 
 
-def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path | None = None, progress: bool = True) -> Path:
-    """Write the CAM files of ``split`` (default ``data.cam_split``); returns their folder."""
+def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path | None = None, progress: bool = True,
+              ids: Sequence[str] | None = None) -> Path:
+    """Write the CAM files of ``split`` (default ``data.cam_split``; ``ids``: only those); returns their folder."""
     from tqdm import tqdm
 
     from aesipe.data import open_dataset
@@ -113,9 +116,10 @@ def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path |
     device = engine.select_device(cfg.runtime.device)
     model.to(device)
     out_dir = cam_dir(cfg, split)
+    save_run_config(cfg)
     prepare_output_dir(out_dir, cam_folder_settings(cfg, path), "*.npz")
     tt = CamSettings.from_config(cfg)
-    todo = [i for i in ds.ids if not (out_dir / f"{i}.npz").is_file()]
+    todo = [i for i in (ds.ids if ids is None else ids) if not (out_dir / f"{i}.npz").is_file()]
     for image_id in tqdm(todo, desc=f"make-cam {split}", disable=not progress, dynamic_ncols=True):
         labels = ds.labels(image_id)
         maps = image_maps(model, ds.load_image(image_id), labels, tt, device)

@@ -24,6 +24,7 @@ from aesipe.utils.labelpng import load_label_png, overlay, save_label_png
 
 from ..outputs import folder_digest, prepare_output_dir
 from ..parallel import parallel_map
+from ..runconfig import save_run_config
 from .evaluate import MapKey, cam_dir, cam_paths, load_cam_file
 
 
@@ -87,6 +88,7 @@ def write_pseudo_labels(
     settings = {"kind": "pseudo_labels", "map_key": map_key, "background_scale": scale,
                 "crf": asdict(cfg.crf) | {"workers": None, "protocol": None} if crf else None}  # fmt: skip
     cams = cam_paths(cfg, ds, split)
+    save_run_config(cfg)
     prepare_label_dir(out_dir, settings, cam_dir(cfg, split))
     ctx = _PseudoLabelContext(ds, cams, out_dir, map_key, scale, cfg.crf if crf else None)
     workers = cfg.crf.workers if crf else 1

@@ -23,6 +23,7 @@ from aesipe.utils.labelpng import save_label_png
 from .. import engine
 from ..outputs import file_identity
 from ..propagation import propagate, propagate_dense
+from ..runconfig import save_run_config
 from .evaluate import cam_dir, cam_paths, load_cam_file
 from .irn import irn_dir, load_irn
 from .pseudo_labels import prepare_label_dir
@@ -90,6 +91,7 @@ def make_seg_labels(cfg: RunConfig, split: str | None = None, progress: bool = T
     model.to(device)
     pad_to = trained.irn.crop_size if cfg.random_walk.pad_to_crop else None
     out_dir = seg_label_dir(cfg, split)
+    save_run_config(cfg)
     prepare_label_dir(out_dir, _settings(cfg, pad_to), cam_dir(cfg, split))
     todo = [i for i in ds.ids if not (out_dir / f"{i}.png").is_file()]
     for image_id in tqdm(todo, desc=f"make-seg-labels {split}", disable=not progress, dynamic_ncols=True):

@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aesipe.config import RunConfig, run_config_from_saved, save_config, to_dict
+from aesipe.config import RunConfig, run_config_from_saved, to_dict
 from aesipe.models.deeplab import DeepLabV3Segmenter, build_deeplabv3
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
 
 from .. import checkpoint as ckpt_io
 from .. import engine, loop
+from ..runconfig import save_run_config
 from .irn import backbone_weights
 from .random_walk import seg_train_split
 
@@ -76,7 +77,7 @@ def train_seg(cfg: RunConfig) -> Path:
             info, cfg.runtime, stage_dir=seg_dir(cfg), kind="deeplabv3", workers=cfg.data.workers,
         )
         if info.is_main:
-            save_config(cfg, Path(cfg.run_dir) / "config.toml")
+            save_run_config(cfg)
         return loop.train_loop(model, optimizer, scheduler, dataset, seg_losses, spec, device, to_dict(cfg),
                                  ds.class_names, info)  # fmt: skip
     finally:

@@ -23,6 +23,7 @@ from aesipe.utils.labelpng import load_label_png
 
 from .. import engine
 from ..metrics import ConfusionMatrix, format_table
+from ..runconfig import save_run_config
 from .seg import load_segmenter
 
 EVAL_FILE = "seg_eval.json"
@@ -83,6 +84,7 @@ def evaluate_segmenter(
         raise UserError(f"the segmenter's classes {class_names} differ from the dataset's {list(ds.class_names)}")
     device = engine.select_device(cfg.runtime.device)
     model.to(device)
+    save_run_config(cfg)
     matrix = ConfusionMatrix(ds.class_names)
     for image_id in tqdm(ds.ids, desc=f"eval-seg {split}", disable=not progress, dynamic_ncols=True):
         image = ds.load_image(image_id)

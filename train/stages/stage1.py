@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aesipe.config import RunConfig, save_config, to_dict
+from aesipe.config import RunConfig, to_dict
 from aesipe.models import sipe_modules as sm
 from aesipe.models.aesipe_net import build_aesipe
 
 from .. import engine, loop
+from ..runconfig import save_run_config
 
 STAGE_DIR = "stage1"
 
@@ -54,7 +55,7 @@ def train_stage1(cfg: RunConfig) -> Path:
             stage_dir=stage1_dir(cfg), kind="aesipe", workers=cfg.data.workers, grad_clip=t.grad_clip,
         )
         if info.is_main:
-            save_config(cfg, Path(cfg.run_dir) / "config.toml")
+            save_run_config(cfg)
         return loop.train_loop(
             model, optimizer, scheduler, dataset,
             lambda net, batch: stage1_losses(net, batch, t.gsc_weight),
@@ -93,7 +94,7 @@ def import_authors_checkpoint(cfg: RunConfig, source: str | Path) -> tuple[Path,
     model = build_aesipe(cfg, report.num_classes, backbone_weights=False)
     import_authors.check_against(report, model)
     model.load_state_dict(report.state_dict, strict=True)
-    save_config(cfg, Path(cfg.run_dir) / "config.toml")
+    save_run_config(cfg)
     ckpt = ckpt_io.make_checkpoint(
         kind="aesipe", model=model, config=to_dict(cfg), class_names=class_names,
         extra={"imported_from": str(Path(source).resolve())},
