@@ -99,8 +99,11 @@ def _metadata(loaded: LoadedModel, test_time: CamSettings | None, fmt: ExportFor
 
 def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: bool = False,
                   opset: int | None = None, test_time: CamSettings | None = None, verify: bool = True,
-                  log: Callable[[str], None] = print) -> Path:
-    """Export ``loaded`` to ``out_path`` atomically; a file failing the parity check is never left behind."""
+                  log: Callable[[str], None] = print, int8: dict | None = None) -> Path:
+    """Export ``loaded`` to ``out_path`` atomically; a file failing the parity check is never left behind.
+
+    ``int8``: quantise the checked float32 file (``export/quantize.py``; keys ``calibration``, ``images``,
+    ``check_images``, ``min_agreement``)."""
     from .verify import sample_inputs, verify_file
 
     num_classes = len(loaded.class_names) - 1
@@ -138,6 +141,8 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
             if not result.ok:
                 raise UserError(f"the exported file does not match PyTorch ({result.summary()}); nothing written",
                                 exit_code=1)
+        if int8 is not None:
+            _quantise_into(partial, loaded, int8, log)
         os.replace(partial, out_path)
         log(f"wrote {out_path}")
         tags = "" if loaded.what == "segmenter" else " --tags TAGS.csv"
@@ -148,10 +153,41 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
     return out_path
 
 
+def _quantise_into(partial: Path, loaded: LoadedModel, settings: dict, log: Callable[[str], None]) -> None:
+    """Replace the checked float32 ``partial`` by its int8 version, judged against it first."""
+    import onnx
+
+    from . import quantize
+
+    calibration, held_out = quantize.run_samples(loaded.cfg, loaded.class_names, settings.get("calibration"),
+                                                 settings.get("images", quantize.CALIBRATION_IMAGES),
+                                                 settings.get("check_images", quantize.CHECK_IMAGES))
+    quantised = partial.with_name(partial.stem + ".int8.onnx")
+    try:
+        quantize.quantise(partial, quantised, calibration, log)
+        result = quantize.check(partial, quantised, held_out, loaded.class_names)
+        log(result.summary())
+        minimum = settings.get("min_agreement", quantize.MIN_AGREEMENT)
+        if result.agreement < minimum:
+            raise UserError(f"the int8 file agrees with float32 on {100 * result.agreement:.1f}% of pixels, below "
+                            f"{100 * minimum:.0f}%; nothing written (export without --int8)", exit_code=1)
+        model = onnx.load(str(quantised))
+        meta = {entry.key: entry.value for entry in model.metadata_props}
+        meta.update(precision="int8", quantization=result.as_metadata())
+        del model.metadata_props[:]
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(partial))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            quantised.unlink()
+
+
 def export_model(source: str | Path, out_path: str | Path | None = None, format: str = "onnx", half: bool = False,
                  opset: int | None = None, what: str | None = None, pamr: str | None = None,
                  scales=None, flip: bool | None = None, verify: bool = True,
-                 log: Callable[[str], None] = print) -> Path:
+                 log: Callable[[str], None] = print, int8: dict | None = None) -> Path:
     """Export a run directory (``seg/final.pt`` or ``stage1/final.pt``) or checkpoint file.
 
     ``what``: "segmenter" or "pseudo_labeller" (None: the checkpoint's kind; a run directory: segmenter).
@@ -161,7 +197,12 @@ def export_model(source: str | Path, out_path: str | Path | None = None, format:
     """
     fmt = get_format(format)
     used = [name for name, on in (("half", half), ("opset", opset is not None), ("pamr", pamr is not None),
-                                  ("scales", scales is not None), ("flip", flip is not None)) if on]
+                                  ("scales", scales is not None), ("flip", flip is not None),
+                                  ("int8", int8 is not None)) if on]
+    if int8 is not None and half:
+        raise UserError("--int8 and --half exclude each other: pick one precision")
+    if int8 is not None and not verify:
+        raise UserError("--int8 needs the parity check of the float32 file first: drop --no-verify")
     check_options(fmt, used)
     if fmt.name == "onnx":
         from .onnx import require_onnx
@@ -179,4 +220,7 @@ def export_model(source: str | Path, out_path: str | Path | None = None, format:
     out = Path(out_path) if out_path else default_output(source, loaded, fmt)
     if out.suffix.lower() not in (fmt.suffix, ".torchscript"):
         out = out.with_name(out.name + fmt.suffix)
-    return export_loaded(loaded, out, fmt, half=half, opset=opset, test_time=test_time, verify=verify, log=log)
+    if int8 is not None and out_path is None:
+        out = out.with_name(out.stem + "_int8" + out.suffix)
+    return export_loaded(loaded, out, fmt, half=half, opset=opset, test_time=test_time, verify=verify, log=log,
+                         int8=int8)

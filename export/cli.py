@@ -44,13 +44,21 @@ def export(
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Pseudo-labeller: fuse the mirror image "
                                                                           "(default: the run's cam.flip).")] = None,
     verify: Annotated[bool, typer.Option(help="Check the file against PyTorch (fails the export on mismatch).")] = True,
+    int8: Annotated[bool, typer.Option("--int8", help="Quantise to int8 (ONNX Runtime static, QDQ) on calibration "
+                                                      "images, then judge it against float32.")] = False,
+    calibration: Annotated[Optional[Path], typer.Option(help="--int8: images to calibrate and judge on (default: the "
+                                                             "run's train and eval splits).")] = None,
+    calibration_images: Annotated[int, typer.Option(help="--int8: how many calibration images.")] = 32,
     version: version_option(PROG) = None,
 ) -> None:
     from .api import export_model
 
+    if calibration is not None and not int8:
+        raise UserError("--calibration applies to --int8 exports")
+    settings = {"calibration": calibration, "images": calibration_images} if int8 else None
     export_model(source, out, format=format.value, half=half, opset=opset,
                   what=what.value if what else None, pamr=pamr, scales=_scales(scales), flip=flip, verify=verify,
-                  log=typer.echo)
+                  log=typer.echo, int8=settings)
 
 
 def _scales(text: str | None) -> tuple[float, ...] | None:

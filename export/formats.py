@@ -31,7 +31,7 @@ def _write_torchscript(graph, samples, input_names, output_names, metadata, path
 
 
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("onnx", ".onnx", ("half", "opset", "pamr", "scales", "flip"), _write_onnx,
+    "onnx": ExportFormat("onnx", ".onnx", ("half", "opset", "pamr", "scales", "flip", "int8"), _write_onnx,
                          "ONNX Runtime (CPU, CUDA), any ONNX client"),
     "torchscript": ExportFormat("torchscript", ".pt", ("half", "pamr", "scales", "flip"), _write_torchscript,
                                 "libtorch (C++), torch.jit.load"),

@@ -1,0 +1,61 @@
+"""int8 exports: quantised with ONNX Runtime (QDQ), judged against float32, refused below the bar."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from aesipe.export.api import export_model
+from aesipe.export.cli import app
+from aesipe.utils.errors import UserError
+
+tiny = sys.modules["aesipe_tests_tiny_models"]  # loaded by conftest.py
+pytest.importorskip("onnxruntime.quantization")
+
+
+@pytest.fixture
+def calibration(tmp_path):
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for index in range(8):
+        Image.fromarray(tiny.smooth_rgb(48, 64, seed=index)).save(folder / f"{index}.png")
+    return folder
+
+
+def test_int8_export_is_quantised_and_judged(tmp_path, calibration):
+    import onnx
+
+    from aesipe.infer import Labeler
+
+    run = tiny.make_run(tmp_path / "run")
+    logs: list[str] = []
+    path = export_model(run, tmp_path / "seg.onnx", what="segmenter", int8={"calibration": calibration, "images": 4},
+                        log=logs.append)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    labeler = Labeler(path)
+    record = json.loads(labeler.info.raw["quantization"])
+    assert labeler.info.precision == "int8" and record["check_images"] == 4 and record["label_agreement"] >= 0.95
+    assert any("int8 vs float32 on 4 held-out images" in line for line in logs)
+    assert labeler.label(tiny.smooth_rgb(40, 56)).shape == (40, 56)
+
+
+def test_an_int8_file_below_the_bar_is_not_written(tmp_path, calibration):
+    run = tiny.make_run(tmp_path / "run")
+    with pytest.raises(UserError, match="nothing written") as info:
+        export_model(run, tmp_path / "seg.onnx", what="segmenter", log=lambda line: None,
+                     int8={"calibration": calibration, "images": 4, "min_agreement": 1.01})
+    assert info.value.exit_code == 1 and not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
+
+
+def test_int8_option_mistakes_are_one_line(tmp_path, calibration):
+    run = tiny.make_run(tmp_path / "run")
+    runner = CliRunner()
+    for args, message in [(["--calibration", str(calibration)], "--calibration applies to --int8"),
+                          (["--int8", "--half"], "exclude each other"),
+                          (["--int8", "--format", "torchscript"], "--int8 does not apply to torchscript")]:
+        result = runner.invoke(app, [str(run), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
