@@ -277,3 +277,31 @@ def test_the_plain_ort_example_fails_cleanly(pl_onnx, photo_folder, tmp_path):
         assert run.stderr.strip().startswith("ort_client.py: error:") and message in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1
     assert os.path.exists(client)
+
+
+def test_a_slow_image_does_not_hold_back_the_others(seg_onnx, photo_folder, tmp_path, monkeypatch):
+    # a.jpg takes "forever" to read (until every other mask is on disk): with decoding taken in the order
+    # it finishes, the others are labelled and written meanwhile instead of queueing behind it.
+    import threading
+
+    from aesipe.infer import folder, job
+
+    out = tmp_path / "out"
+    others_written = threading.Event()
+    real_read, real_save, saved = job.read_image, job.save_label_png, []
+
+    def slow_read(path, max_side):
+        if path.name == "a.jpg":
+            assert others_written.wait(timeout=60), "the other images waited for the slow one"
+        return real_read(path, max_side)
+
+    def counting_save(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        saved.append(path.name)
+        if len(saved) == 4:
+            others_written.set()
+
+    monkeypatch.setattr(job, "read_image", slow_read)
+    monkeypatch.setattr(job, "save_label_png", counting_save)
+    report = folder.label_folder(seg_onnx, photo_folder, out, workers=2, batch_size=1, progress=False)
+    assert report.ok == 5 and saved[-1] == "a.png"
