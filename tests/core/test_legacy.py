@@ -81,7 +81,9 @@ def _fake_outputs(run: Path, manifest: dict) -> None:
                 path.mkdir(parents=True, exist_ok=True)
 
 
-def test_a_0_1_manifest_is_adopted_not_redone(legacy_run, tmp_path, monkeypatch):
+@pytest.fixture
+def legacy_pipeline(legacy_run, tmp_path, monkeypatch):
+    """(pipeline module with recording stand-in stages, the list they record into, the run's config)."""
     from aesipe.data.synth import generate
     from aesipe.train import pipeline
 
@@ -91,7 +93,11 @@ def test_a_0_1_manifest_is_adopted_not_redone(legacy_run, tmp_path, monkeypatch)
     ran: list[str] = []
     stages = tuple(dataclasses.replace(s, run=lambda cfg, name=s.name: ran.append(name) or {}) for s in pipeline.STAGES)
     monkeypatch.setattr(pipeline, "STAGES", stages)
-    cfg = dataclasses.replace(read_run_config(legacy_run / "config.toml"), run_dir=str(legacy_run))
+    return pipeline, ran, dataclasses.replace(read_run_config(legacy_run / "config.toml"), run_dir=str(legacy_run))
+
+
+def test_a_0_1_manifest_is_adopted_not_redone(legacy_pipeline, legacy_run):
+    pipeline, ran, cfg = legacy_pipeline
     lines: list[str] = []
     manifest = pipeline.run_pipeline(cfg, echo=lines.append)
     assert ran == [] and lines[0].startswith("[manifest] 9 stage record(s) of aesipe 0.1 adopted")
@@ -104,17 +110,8 @@ def test_a_0_1_manifest_is_adopted_not_redone(legacy_run, tmp_path, monkeypatch)
     assert ran == ["make-seg-labels", "eval-seg-labels", "seg", "eval-seg"]
 
 
-def test_a_0_1_manifest_with_a_setting_0_1_lacked_is_redone(legacy_run, tmp_path, monkeypatch):
-    from aesipe.data.synth import generate
-    from aesipe.train import pipeline
-
-    monkeypatch.chdir(tmp_path)
-    generate(tmp_path / "data" / "synth", 4, 2, 32, 0, 3, progress=False)
-    _fake_outputs(legacy_run, json.loads((legacy_run / "manifest.json").read_text()))
-    ran: list[str] = []
-    stages = tuple(dataclasses.replace(s, run=lambda cfg, name=s.name: ran.append(name) or {}) for s in pipeline.STAGES)
-    monkeypatch.setattr(pipeline, "STAGES", stages)
-    cfg = dataclasses.replace(read_run_config(legacy_run / "config.toml"), run_dir=str(legacy_run))
+def test_a_0_1_manifest_with_a_setting_0_1_lacked_is_redone(legacy_pipeline):
+    pipeline, ran, cfg = legacy_pipeline
     new_recipe = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze_bn_affine=False))
     pipeline.run_pipeline(new_recipe, echo=lambda line: None)
     assert ran == [s.name for s in pipeline.STAGES]
