@@ -120,7 +120,7 @@ def test_cli_errors_are_one_line(tmp_path, bands, prepare, message):
 
 def test_cli_rejects_bad_options(bands_run, bands):
     result = runner.invoke(app, ["eval-cam", str(bands_run), f"data.root={bands}", "--sweep", "0.5,high"])
-    assert result.exit_code == 2 and "--sweep takes comma-separated numbers" in result.output
+    assert result.exit_code == 2 and "--sweep takes numbers like 0.5,0.6,0.7 or a range" in result.output
     result = runner.invoke(app, ["eval-cam", str(bands_run), f"data.root={bands}", "--map-key", "heatmap"])
     assert result.exit_code == 2 and "--map-key must be one of maps, cam, iscam, aeiscam" in result.output
 
