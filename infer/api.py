@@ -3,13 +3,18 @@
     from aesipe.infer import Labeler
     labeler = Labeler("segmenter.onnx")
     labels = labeler.label("photo.jpg")          # uint8 H x W class indices at the photo's size
+    labels, probs = labeler.label("photo.jpg", return_scores=True)   # + float32 [1+C, H, W]
     labeler.info.classes[labels[0, 0]]            # class name of the top-left pixel
 
 numpy + Pillow + OpenCV + ONNX Runtime only (TorchScript files import torch lazily). A pseudo-labeller's
 maps become labels by the rule of ``aesipe.pseudo_labels`` -- the same code as the training run's.
+Confidence (docs/deploy.md): a segmenter's is the softmax probability of the written class (of the test-time
+variants' mean logits); a pseudo-labeller's is the winning kept map's share of the kept maps' sum, after the
+background scaling. Neither is computed unless asked for.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +27,7 @@ from aesipe import pseudo_labels as rule
 from aesipe.config import CrfConfig
 from aesipe.utils.errors import UserError
 
-from . import postprocess
+from . import postprocess, tiling
 from .io import DEFAULT_MAX_SIDE, DecodedImage, ImageReadError, read_image
 from .session import open_backend
 
@@ -35,10 +40,29 @@ class Prepared:
     tags: np.ndarray | None
     variants: list[tuple[float, bool, np.ndarray]] = field(default_factory=list)
     """(scale, flipped, padded float32 [3, Hp, Wp]) per test-time variant; the first is (1.0, False)."""
+    confidence: bool = False
+    """``finish_scored`` also returns the confidence map (the graph's scores are fetched for it)."""
+    probabilities: bool = False
+    """``finish_scored`` also returns the per-class probabilities at the image's size."""
+    tiled: bool = False
+    """Run tile by tile inside ``run_batch`` (``tiling.py``); ``variants`` stays empty."""
 
     @property
     def shape_key(self) -> tuple:
-        return tuple(v[2].shape for v in self.variants)
+        return ("tiles",) if self.tiled else tuple(v[2].shape for v in self.variants)
+
+
+@dataclass
+class Labelled:
+    """One image's result at its original size."""
+
+    labels: np.ndarray
+    """uint8 H x W label values."""
+    confidence: np.ndarray | None = None
+    """uint8 H x W: round(255 x the probability of the written class), when asked for (a full-size float map
+    of a 24-megapixel photo would take 96 MB)."""
+    probabilities: np.ndarray | None = None
+    """float32 [1 + C, H, W] (when asked for; a pseudo-labeller's classes not in the image's tags are 0)."""
 
 
 class Labeler:
@@ -46,10 +70,16 @@ class Labeler:
 
     def __init__(self, model_path: str | Path, device: str = "auto", providers: Sequence[str] | None = None,
                  half: bool = False, scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
-                 max_side: int | None = DEFAULT_MAX_SIDE, threads: int | None = None):
+                 max_side: int | None = DEFAULT_MAX_SIDE, threads: int | None = None, tile: int | None = None,
+                 tile_overlap: float | None = None, classes: Sequence[str] | None = None, tile_batch: int = 4,
+                 confidence: bool = False):
         scales = tuple(float(s) for s in scales)
         if not scales or any(s <= 0 for s in scales):
             raise UserError(f"scales must be positive numbers, got {scales}")
+        self.tile_overlap = tiling.check_tile(tile, tile_overlap)
+        if tile is not None and (scales != (1.0,) or crf):
+            raise UserError(f"--tile runs at scale 1.0 without a CRF (the CRF would need the whole image's "
+                            f"probabilities in memory): drop {'--scales' if scales != (1.0,) else '--crf'}")
         self.backend = open_backend(model_path, device=device, providers=providers, threads=threads)
         self.info = self.backend.info
         if half and self.info.precision != "float16":
@@ -63,10 +93,38 @@ class Labeler:
             raise UserError(f"this pseudo-labeller runs its run's test-time scales {run['scales']} "
                             f"{'with' if run['flip'] else 'without'} flip inside the graph; re-export it with "
                             "`aesipe-export --what pseudo-labeller --scales ... --flip/--no-flip` to change them")
+        if tile is not None and self.info.needs_tags:
+            raise UserError("--tile is for segmenters: a pseudo-labeller's maps are max-normalised over the whole "
+                            "image, so tiles would change its rule (it runs unpadded at any size: drop --tile)")
+        self.keep = self._kept_classes(classes)
+        """Label values ``classes`` restricts the output to (None: every class)."""
         self.scales, self.flip, self.crf, self.max_side = scales, flip, crf, max_side
+        self.tile, self.tile_batch = tile, max(1, int(tile_batch))
+        self.confidence = confidence
+        """What ``prepare`` asks for when not told: engines re-prepare decoded images with two arguments."""
         self.crf_config = CrfConfig()
         self.fmt = self.info.input_format
         self.palette = np.array(self.info.palette, dtype=np.uint8).reshape(-1, 3)
+
+    def _kept_classes(self, names: Sequence[str] | None) -> tuple[int, ...] | None:
+        if names is None:
+            return None
+        if self.info.needs_tags:
+            raise UserError("--classes is for segmenters: a pseudo-labeller labels only the classes of each image's "
+                            "tags (edit the --tags CSV instead)")
+        known = list(self.info.classes[1:])
+        keep = set()
+        for name in names:
+            if name == self.info.classes[0]:
+                continue  # the background is always kept
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UserError(f"--classes: unknown class {name!r}{hint}; the model knows {', '.join(known)}")
+            keep.add(known.index(name) + 1)
+        if not keep:
+            raise UserError("--classes names no class of the model: give at least one of " + ", ".join(known))
+        return tuple(sorted(keep))
 
     @property
     def providers(self) -> list[str]:
@@ -79,6 +137,11 @@ class Labeler:
     @property
     def single_pass(self) -> bool:
         return self.scales == (1.0,) and not self.flip
+
+    @property
+    def read_side(self) -> int | None:
+        """The size cap images are decoded at: none with tiles (tiles see the image at full resolution)."""
+        return None if self.tile is not None else self.max_side
 
     # -- tags ---------------------------------------------------------------------------------------
     def tags_vector(self, tags: Sequence[str] | np.ndarray | None) -> np.ndarray | None:
@@ -119,8 +182,14 @@ class Labeler:
         x[:, :height, :width] = body
         return x
 
-    def prepare(self, decoded: DecodedImage, tags: np.ndarray | None) -> Prepared:
-        item = Prepared(decoded, tags)
+    def prepare(self, decoded: DecodedImage, tags: np.ndarray | None, confidence: bool | None = None,
+                probabilities: bool = False) -> Prepared:
+        """``confidence`` (default: the Labeler's) / ``probabilities``: ``finish_scored`` returns them too."""
+        confidence = self.confidence if confidence is None else confidence
+        item = Prepared(decoded, tags, confidence=confidence, probabilities=probabilities)
+        if tiling.needs_tiles(self, decoded.rgb.shape[:2]):
+            item.tiled = True  # the tiles are cut from the pixels inside run_batch: no full-size float input
+            return item
         height, width = decoded.rgb.shape[:2]
         for scale in self.scales:
             rgb = decoded.rgb
@@ -133,15 +202,19 @@ class Labeler:
         return item
 
     def needs_scores(self, item: Prepared) -> bool:
-        # The graph's own labels are the final ones only for one pass at full size without a CRF (for a
-        # pseudo-labeller they mirror aesipe.pseudo_labels; a file of aesipe 0.1 normalised per pass).
+        # The graph's own labels are the final ones only for one pass at full size without a CRF, a class
+        # restriction or a confidence map (for a pseudo-labeller they mirror aesipe.pseudo_labels; a file
+        # of aesipe 0.1 normalised per pass).
         legacy_pseudo = self.info.needs_tags and not self.graph_test_time
-        return (not self.single_pass or self.crf or legacy_pseudo
-                or item.decoded.rgb.shape[:2] != item.decoded.original_size)
+        return (not self.single_pass or self.crf or legacy_pseudo or self.keep is not None
+                or item.confidence or item.probabilities or item.decoded.rgb.shape[:2] != item.decoded.original_size)
 
     # -- inference (call from one thread) -----------------------------------------------------------
-    def run_batch(self, items: list[Prepared]) -> list[list[np.ndarray]]:
-        """Run items whose variants share shapes; per item, its outputs cropped to their variant's size."""
+    def run_batch(self, items: list[Prepared]) -> list[list]:
+        """Run items whose variants share shapes; per item, its outputs cropped to their variant's size
+        (a tiled item's output is its finished ``Labelled``: its tiles run here, row by row)."""
+        if items[0].tiled:
+            return [[tiling.label_tiled(self, item)] for item in items]
         want = "scores" if any(self.needs_scores(i) for i in items) else "labels"
         per_item: list[list[np.ndarray]] = [[] for _ in items]
         for v in range(len(items[0].variants)):
@@ -155,47 +228,109 @@ class Labeler:
         return per_item
 
     # -- post-processing (thread-safe) --------------------------------------------------------------
-    def finish(self, item: Prepared, outputs: list[np.ndarray]) -> np.ndarray:
+    def finish(self, item: Prepared, outputs: list) -> np.ndarray:
         """Model outputs of one image -> uint8 label map at the image's original size."""
-        height, width = item.decoded.original_size
-        if outputs[0].ndim == 2:  # labels fetched directly: single pass at full size, no CRF
-            return np.ascontiguousarray(outputs[0], dtype=np.uint8)
-        rgb = item.decoded.rgb
-        work_h, work_w = rgb.shape[:2]
+        return self.finish_scored(item, outputs).labels
+
+    def finish_scored(self, item: Prepared, outputs: list) -> Labelled:
+        """Model outputs of one image -> its labels, with the confidence/probabilities it was prepared for."""
+        if item.tiled:
+            return outputs[0]
+        if outputs[0].ndim == 2:  # labels fetched directly: single pass at full size, nothing else asked
+            return Labelled(np.ascontiguousarray(outputs[0], dtype=np.uint8))
+        work_h, work_w = item.decoded.rgb.shape[:2]
         maps = []
         for (_, flipped, _), scores in zip(item.variants, outputs):
             scores = scores[..., ::-1] if flipped else scores
             maps.append(postprocess.resize_bilinear(scores, work_h, work_w))
         if self.info.needs_tags:
-            classes, kept = rule.keep_image_classes(rule.fuse(maps), item.tags)
-            if self.crf:
-                labels = crf_ops.label_crf(rgb, kept, classes, self.crf_config, self.info.background_scale)
-                return postprocess.resize_labels_nearest(labels.astype(np.uint8), height, width)
-            index = postprocess.argmax_resized(rule.scale_background(kept, self.info.background_scale), height, width)
-            return classes.astype(np.uint8)[index]
-        logits = np.sum(np.stack(maps), axis=0, dtype=np.float32)
+            return self._finish_pseudo(item, maps)
+        return self._finish_segmenter(item, np.sum(np.stack(maps), axis=0, dtype=np.float32), len(maps))
+
+    def _finish_segmenter(self, item: Prepared, logits: np.ndarray, passes: int) -> Labelled:
+        height, width = item.decoded.original_size
+        mean = logits / np.float32(passes)  # confidence: the softmax of the variants' mean logits
+        probs = None
+        if self.crf:  # unchanged unary: the softmax of the summed logits
+            unary = postprocess.probabilities(logits, self.keep)
+            work = crf_ops.crf_from_probabilities(item.decoded.rgb, unary, self.crf_config).astype(np.uint8)
+            labels = postprocess.resize_labels_nearest(work, height, width)
+            confidence = None
+            if item.confidence:
+                confidence = postprocess.chosen_probability(postprocess.probabilities(mean, self.keep), work,
+                                                            height, width)
+        elif item.confidence or self.keep is not None:
+            labels, confidence = postprocess.decide_logits(postprocess.resized_channel(mean, height, width), len(mean),
+                                                           self.keep, item.confidence)
+        else:
+            labels, confidence = postprocess.argmax_resized(logits, height, width), None
+        if item.probabilities:
+            probs = postprocess.probabilities(postprocess.resize_bilinear(mean, height, width), self.keep)
+        return Labelled(labels, None if confidence is None else postprocess.to_u8(confidence), probs)
+
+    def _finish_pseudo(self, item: Prepared, maps: list[np.ndarray]) -> Labelled:
+        height, width = item.decoded.original_size
+        classes, kept = rule.keep_image_classes(rule.fuse(maps), item.tags)
+        scaled = rule.scale_background(kept, self.info.background_scale)
+        confidence = probs = None
         if self.crf:
-            labels = crf_ops.crf_from_probabilities(rgb, postprocess.softmax(logits), self.crf_config)
-            return postprocess.resize_labels_nearest(labels.astype(np.uint8), height, width)
-        return postprocess.argmax_resized(logits, height, width)
+            work = crf_ops.label_crf(item.decoded.rgb, kept, classes, self.crf_config, self.info.background_scale)
+            labels = postprocess.resize_labels_nearest(work.astype(np.uint8), height, width)
+            if item.confidence:  # the share of the class the CRF chose (classes are sorted label values)
+                index = np.searchsorted(classes, work)
+                confidence = postprocess.chosen_probability(postprocess.ratios(scaled), index, height, width)
+        elif item.confidence:
+            labels, confidence = postprocess.decide_ratio(postprocess.resized_channel(scaled, height, width), classes,
+                                                          True)
+        else:
+            labels = classes.astype(np.uint8)[postprocess.argmax_resized(scaled, height, width)]
+        if item.probabilities:
+            probs = np.zeros((self.info.num_classes + 1, height, width), dtype=np.float32)
+            probs[classes] = postprocess.ratios(postprocess.resize_bilinear(scaled, height, width))
+        return Labelled(labels, None if confidence is None else postprocess.to_u8(confidence), probs)
 
     # -- convenience ----------------------------------------------------------------------------------
-    def label(self, image: np.ndarray | str | Path, tags: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
-        """Label one image (uint8 H x W x 3 RGB array, H x W grayscale, or a path): uint8 H x W."""
+    def _decode(self, image: np.ndarray | str | Path) -> DecodedImage:
         if isinstance(image, (str, Path)):
             try:
-                decoded = read_image(Path(image), self.max_side)
+                return read_image(Path(image), self.read_side)
             except ImageReadError as exc:
                 raise UserError(f"cannot label {image}: {exc}") from None
-        else:
-            rgb = np.asarray(image)
-            if rgb.ndim == 2:
-                rgb = np.repeat(rgb[..., None], 3, axis=2)
-            if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
-                raise UserError("image must be uint8 H x W x 3 RGB (or H x W gray, or RGBA)")
-            decoded = DecodedImage(np.ascontiguousarray(rgb[..., :3]), rgb.shape[:2])
-        item = self.prepare(decoded, self.tags_vector(tags))
-        return self.finish(item, self.run_batch([item])[0])
+        rgb = np.asarray(image)
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[..., None], 3, axis=2)
+        if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
+            raise UserError("image must be uint8 H x W x 3 RGB (or H x W gray, or RGBA)")
+        return DecodedImage(np.ascontiguousarray(rgb[..., :3]), rgb.shape[:2])
+
+    def label(self, image: np.ndarray | str | Path, tags: Sequence[str] | np.ndarray | None = None,
+              return_scores: bool = False):
+        """Label one image (uint8 H x W x 3 RGB array, H x W grayscale, or a path): uint8 H x W; with
+        ``return_scores``, ``(labels, probabilities float32 [1 + C, H, W])``."""
+        return self.label_many([image], None if tags is None else [tags], batch_size=1,
+                               return_scores=return_scores)[0]
+
+    def label_many(self, images: Sequence[np.ndarray | str | Path], tags: Sequence | None = None,
+                   batch_size: int = 4, return_scores: bool = False) -> list:
+        """Label a list of images (``tags``: one entry per image for a pseudo-labeller); same-size images share
+        a model call, ``batch_size`` at a time. Returns what ``label`` returns, per image, in order."""
+        if tags is not None and len(tags) != len(images):
+            raise UserError(f"tags must have one entry per image: {len(tags)} for {len(images)} images")
+        results: list = [None] * len(images)
+        step = max(1, int(batch_size))
+        for start in range(0, len(images), step * 4):  # a few batches' worth in memory at a time
+            buckets: dict[tuple, list[tuple[int, Prepared]]] = {}
+            for i in range(start, min(start + step * 4, len(images))):
+                vector = self.tags_vector(None if tags is None else tags[i])
+                item = self.prepare(self._decode(images[i]), vector, confidence=False, probabilities=return_scores)
+                buckets.setdefault(item.shape_key, []).append((i, item))
+            for group in buckets.values():
+                for first in range(0, len(group), step):
+                    chunk = group[first:first + step]
+                    for (i, item), outputs in zip(chunk, self.run_batch([item for _, item in chunk])):
+                        done = self.finish_scored(item, outputs)
+                        results[i] = (done.labels, done.probabilities) if return_scores else done.labels
+        return results
 
 
 def _scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:

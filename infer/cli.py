@@ -51,13 +51,36 @@ def label(
     max_side: Annotated[int, typer.Option(help="Images with a longer side are labelled at this size and the "
                                                "result resized back.")] = 2048,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: cores).")] = None,
+    confidence: Annotated[bool, typer.Option(help="Also write OUTPUT/confidence/ (8-bit maps of the written class's "
+                                                  "probability), per-image confidence in report.json and "
+                                                  "OUTPUT/review.csv (least confident first).")] = False,
+    output_format: Annotated[str, typer.Option("--format", help="png (palette masks, always written) | coco "
+                                                         "(OUTPUT/annotations.json, RLE; pip install 'aesipe[coco]') | "
+                                                         "cvat (Segmentation mask 1.1); comma-separated for several.")] = "png",
+    sheet: Annotated[bool, typer.Option(help="Also write OUTPUT/sheet.html: thumbnails of image, overlay and "
+                                             "confidence with class fractions, to open in a browser.")] = False,
+    tile: Annotated[Optional[int], typer.Option(help="Segmenters: label large images in overlapping SIZE x SIZE "
+                                                     "tiles at full resolution (not downscaled by --max-side).",
+                                                metavar="SIZE")] = None,
+    tile_overlap: Annotated[Optional[float], typer.Option(help="Fraction of a tile its neighbours overlap "
+                                                               "(default 1/3).", metavar="F")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Segmenters: only these classes, e.g. cat,dog (the "
+                                                        "others count as background).")] = None,
+    engine: Annotated[str, typer.Option(help="local (threads on this machine) | ray (a Ray cluster: pip install "
+                                             "'aesipe[ray]'; OUTPUT must be a path every node sees).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="--engine ray: the cluster to join (auto, HOST:6379, "
+                                                            "ray://HOST:10001); default: a new local one.")] = None,
+    actors: Annotated[Optional[int], typer.Option(help="--engine ray: labelling actors, one ONNX Runtime session "
+                                                       "each (default: one per GPU, else one per 4 CPUs).")] = None,
     version: version_option(PROG) = None,
 ) -> None:
     from .folder import label_folder
 
     report = label_folder(model, input, output, tags_csv=tags, overlay=overlay, crf=crf, batch_size=batch_size,
                           device=device, half=half, scales=parse_scales(scales), flip=flip, overwrite=overwrite,
-                          workers=workers, max_side=max_side, threads=threads, log=lambda m: typer.echo(m, err=True))
+                          workers=workers, max_side=max_side, threads=threads, confidence=confidence, formats=output_format,
+                          sheet=sheet, tile=tile, tile_overlap=tile_overlap, classes=classes,
+                          engine=engine, ray_address=ray_address, actors=actors, log=lambda m: typer.echo(m, err=True))
     summary = report.summary
     rate = summary.get("images_per_second")
     typer.echo(f"{report.ok} labelled, {report.failed} failed ({summary['resumed']} kept from an earlier run)"

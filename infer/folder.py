@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from aesipe.utils.errors import UserError
+
 from .api import Prepared
 from .inputs import InputImage
 from .job import LabelJob, LabelOptions, default_workers, run_batch_or_singles
@@ -50,13 +52,24 @@ def _stderr(line: str) -> None:
 
 
 def label_folder(model_path: str | Path, input_dir: str | Path, output_dir: str | Path, progress: bool = True,
-                 log: Callable[[str], None] = _stderr, **options) -> Report:
+                 log: Callable[[str], None] = _stderr, engine: str = "local", ray_address: str | None = None,
+                 actors: int | None = None, **options) -> Report:
     """Label every image ``input_dir`` names (folder, image, glob pattern or @list) into ``output_dir``.
 
     ``options`` are ``LabelOptions`` fields (tags_csv, overlay, crf, batch_size, device, scales, flip,
-    overwrite, workers, max_side, threads, providers, half). Returns the report (also written to disk)."""
+    overwrite, workers, max_side, threads, providers, half, confidence, formats, sheet, tile, tile_overlap,
+    classes). Returns the report (also written to disk).
+    ``engine="ray"`` runs the same job on a Ray cluster (``ray_engine``: ``ray_address``, ``actors``)."""
     opts = LabelOptions(**{k: (tuple(v) if k in ("scales", "providers") and v is not None else v)
                            for k, v in options.items()})
+    if engine == "ray":
+        from .ray_engine import label_folder_ray
+
+        return label_folder_ray(model_path, input_dir, output_dir, opts, progress, log, ray_address, actors)
+    if engine != "local":
+        raise UserError(f"--engine must be local or ray, got {engine!r}")
+    if ray_address is not None or actors is not None:
+        raise UserError("--ray-address and --actors need --engine ray")
     job = LabelJob(model_path, input_dir, output_dir, opts, log)
     if job.labeler.fallback:
         log(f"warning: {job.labeler.fallback}")
@@ -70,6 +83,9 @@ def label_folder(model_path: str | Path, input_dir: str | Path, output_dir: str 
         job.report.summary = job.summary(processed[0], time.perf_counter() - started, timer.seconds,
                                          {"interrupted": processed[0] < len(plan.todo)})
         job.report.write()
+    gathered = job.finalize()  # annotations.json, review.csv, sheet.html, ...: from the files, as every engine does
+    if gathered:
+        log("wrote " + ", ".join(str(path) for path in gathered))
     for line in job.failure_lines():
         log(line)
     return job.report

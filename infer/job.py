@@ -1,14 +1,19 @@
 """One labelling job, whatever runs it: the checks before any work, the plan (which masks are still valid,
-which to redo and why), and the per-image steps -- read and prepare, finish and write -- that the local
-engine (``folder.py``) runs in threads and the Ray engine runs in tasks and actors.
+which to redo and why), the per-image steps -- read and prepare, finish and write -- that the local
+engine (``folder.py``) runs in threads and the Ray engine runs in tasks and actors, and ``finalize``, which
+makes the outputs that gather every image once the images are done.
 
 Outputs (all written atomically, with the permissions of the user's umask): ``OUTPUT/masks/<name>.png``
 (palette PNG of class indices at the image's size, with the record of what made it, see
-``fingerprint.py``), ``OUTPUT/overlays/<name>.jpg`` with ``overlay``, and ``OUTPUT/report.json``.
+``fingerprint.py``), with ``overlay`` ``OUTPUT/overlays/<name>.jpg``, with ``confidence``
+``OUTPUT/confidence/<name>.png``, with format ``cvat`` ``OUTPUT/SegmentationClass/<name>.png`` (written per
+image, ``outputs.py``); ``OUTPUT/report.json``; and from ``finalize``: ``annotations.json`` (coco),
+``labelmap.txt`` + ``ImageSets/Segmentation/default.txt`` (cvat), ``review.csv`` (confidence) and
+``sheet.html`` + ``sheet/`` (sheet). A mask that is rewritten takes its old per-image companions with it,
+so an overlay or confidence map never outlives the mask it was made from.
 """
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -21,16 +26,15 @@ from aesipe.tags import read_tags_csv
 from aesipe.utils.atomic import atomic_write_bytes, remove_temporaries
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png, save_label_png
-from aesipe.utils.labelpng import overlay as blend
 
-from . import fingerprint
+from . import fingerprint, outputs, tiling
 from .api import Labeler, Prepared
 from .inputs import InputImage, output_names, resolve_inputs
 from .io import DEFAULT_MAX_SIDE, ImageReadError, read_image
-from .report import REPORT_NAME, Report, mask_record
+from .report import REPORT_NAME, Report, confidence_record, mask_record
 
 FAILURES_SHOWN = 5
-OUTPUT_FOLDERS = ("masks", "overlays")
+OUTPUT_FOLDERS = ("masks", "overlays", "confidence", "SegmentationClass", "ImageSets", "sheet")
 """What aesipe-label writes under OUTPUT (never read back as input)."""
 
 
@@ -51,6 +55,13 @@ class LabelOptions:
     max_side: int | None = DEFAULT_MAX_SIDE
     threads: int | None = None
     providers: tuple[str, ...] | None = None
+    confidence: bool = False
+    formats: tuple[str, ...] = ("png",)
+    sheet: bool = False
+    tile: int | None = None
+    tile_overlap: float | None = None
+    """The fraction of a tile its neighbours overlap (default 1/3 with ``tile``)."""
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -61,10 +72,30 @@ class LabelOptions:
             raise UserError("--max-side must be at least 16")
         if self.threads is not None and self.threads < 1:
             raise UserError("--threads must be at least 1")
+        object.__setattr__(self, "formats", outputs.parse_formats(self.formats))
+        object.__setattr__(self, "tile_overlap", tiling.check_tile(self.tile, self.tile_overlap))
+        if self.classes is not None:
+            names = self.classes.split(",") if isinstance(self.classes, str) else self.classes
+            object.__setattr__(self, "classes", tuple(sorted({c.strip() for c in names if c.strip()})))
+            if not self.classes:
+                raise UserError("--classes needs class names, e.g. --classes cat,dog")
 
     def mask_settings(self) -> dict:
-        """The options that change a mask (part of its fingerprint)."""
-        return {"scales": list(self.scales), "flip": self.flip, "crf": self.crf, "max_side": self.max_side}
+        """The options that change a mask (part of its fingerprint). Tiling and the class restriction appear
+        only when used, so masks made before they existed stay valid."""
+        settings = {"scales": list(self.scales), "flip": self.flip, "crf": self.crf, "max_side": self.max_side}
+        if self.tile is not None:
+            settings.update(tile=self.tile, tile_overlap=round(self.tile_overlap, 6))
+        if self.classes is not None:
+            settings["classes"] = list(self.classes)
+        return settings
+
+
+def labeler_for(model_path: str | Path, o: LabelOptions, device: str | None = None, threads: int | None = None) -> Labeler:
+    """The Labeler a job's options ask for (any engine: ``device``/``threads`` override where it runs)."""
+    return Labeler(model_path, device=device or o.device, providers=o.providers, half=o.half, scales=o.scales,
+                   flip=o.flip, crf=o.crf, max_side=o.max_side, threads=threads or o.threads, tile=o.tile,
+                   tile_overlap=o.tile_overlap, classes=o.classes, tile_batch=o.batch_size, confidence=o.confidence)
 
 
 @dataclass
@@ -73,6 +104,7 @@ class Plan:
     kept: list[InputImage] = field(default_factory=list)
     redo_reasons: dict[str, int] = field(default_factory=dict)
     overlays_missing: list[InputImage] = field(default_factory=list)
+    """Kept masks that lack an output made from the mask alone (overlay, CVAT colour mask)."""
 
     def describe(self) -> str:
         line = f"{len(self.todo) + len(self.kept)} images: {len(self.kept)} masks still valid, {len(self.todo)} to label"
@@ -100,14 +132,18 @@ class LabelJob:
                  options: LabelOptions, log=print):
         self.output_dir = Path(output_dir)
         self.options, self.log = options, log
+        if "coco" in options.formats:
+            outputs.require_pycocotools()
         check_output_folder(self.output_dir)
         self.images = resolve_inputs(input_spec, exclude=tuple(self.output_dir / name for name in OUTPUT_FOLDERS))
         if not self.images:
             raise UserError(f"no images in {input_spec} (looked for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp)")
         o = options
-        self.labeler = Labeler(model_path, device=o.device, providers=o.providers, half=o.half, scales=o.scales,
-                               flip=o.flip, crf=o.crf, max_side=o.max_side, threads=o.threads)
+        self.labeler = labeler_for(model_path, o)
         self.info = self.labeler.info
+        self.palette = outputs.padded_palette(self.labeler.palette)
+        if "cvat" in o.formats:
+            outputs.check_cvat_palette(self.info.classes, self.palette)
         self.tags = read_tags_csv(o.tags_csv, self.info.classes[1:]) if o.tags_csv else None
         if self.info.needs_tags and self.tags is None:
             raise UserError("this model is a pseudo-labeller: give the images' tags with --tags CSV (image,labels)")
@@ -127,11 +163,29 @@ class LabelJob:
     def overlay_path(self, image: InputImage) -> Path:
         return self.output_dir / "overlays" / (self.names[image.rel][:-4] + ".jpg")
 
+    def confidence_rel(self, image: InputImage) -> str:
+        return f"confidence/{self.names[image.rel]}"
+
+    def cvat_path(self, image: InputImage) -> Path:
+        return self.output_dir / "SegmentationClass" / self.names[image.rel]
+
     def image_tags(self, image: InputImage) -> tuple[int, ...] | None:
         return self.tags.lookup(image.rel) if self.tags is not None else None
 
     def expected(self, image: InputImage) -> dict:
         return fingerprint.made_with(self.model_id, self.options.mask_settings(), self.image_tags(image), image.path)
+
+    def outputs_missing(self, image: InputImage) -> list[str]:
+        """The per-image outputs the options ask for that a mask on disk lacks: ``confidence`` (needs the
+        scores: the mask is redone), ``overlay`` and ``cvat`` (made from the mask)."""
+        o, missing = self.options, []
+        if o.confidence and not (self.output_dir / self.confidence_rel(image)).is_file():
+            missing.append("confidence")
+        if o.overlay and not self.overlay_path(image).is_file():
+            missing.append("overlay")
+        if "cvat" in o.formats and not self.cvat_path(image).is_file():
+            missing.append("cvat")
+        return missing
 
     # -- the plan ---------------------------------------------------------------------------------------
     def plan(self) -> Plan:
@@ -146,18 +200,30 @@ class LabelJob:
                 why = fingerprint.why_stale(fingerprint.read(mask), self.expected(image))
             except OSError:  # the image vanished since the listing: it will fail with its reason
                 why = "the image is unreadable"
+            missing = self.outputs_missing(image) if why is None else []
+            if "confidence" in missing:
+                why = "without a confidence map"
             if why is None:
                 plan.kept.append(image)
-                record = self.report.images.get(str(image.rel))
-                if not (record and record.get("status") == "ok"):
-                    record = mask_record(load_label_png(mask), self.info.classes, self.mask_rel(image))
-                self.report.set(str(image.rel), {**record, "resumed": True})
-                if self.options.overlay and not self.overlay_path(image).is_file():
+                self.report.set(str(image.rel), {**self._kept_record(image, mask), "resumed": True})
+                if missing:
                     plan.overlays_missing.append(image)
             else:
                 plan.todo.append(image)
                 plan.redo_reasons[why] = plan.redo_reasons.get(why, 0) + 1
         return plan
+
+    def _kept_record(self, image: InputImage, mask: Path) -> dict:
+        record = self.report.images.get(str(image.rel))
+        if not (record and record.get("status") == "ok"):
+            record = mask_record(load_label_png(mask), self.info.classes, self.mask_rel(image))
+        conf_rel = self.confidence_rel(image)
+        if (self.output_dir / conf_rel).is_file():
+            if "mean_confidence" not in record:
+                record = {**record, **confidence_record(outputs.load_confidence_png(self.output_dir / conf_rel), conf_rel)}
+        else:
+            record = {k: v for k, v in record.items() if k not in ("confidence", "mean_confidence", "uncertain_fraction")}
+        return record
 
     # -- per image ----------------------------------------------------------------------------------------
     def prepare(self, image: InputImage) -> Prepared | str:
@@ -169,37 +235,65 @@ class LabelJob:
                 return f"no row for this image in {self.options.tags_csv}"
             vector = np.zeros(self.info.num_classes, dtype=np.float32)
             vector[list(indices)] = 1.0
+        side = None if self.options.tile is not None else self.options.max_side  # tiles see full resolution
         try:
-            return self.labeler.prepare(read_image(image.path, self.options.max_side), vector)
+            return self.labeler.prepare(read_image(image.path, side), vector)
         except ImageReadError as exc:
             return str(exc)
 
-    def write(self, image: InputImage, item: Prepared, outputs: list[np.ndarray]) -> dict:
+    def write(self, image: InputImage, item: Prepared, model_outputs: list) -> dict:
         """Finish one image's labels and write its files; returns its report record."""
-        labels = self.labeler.finish(item, outputs)
-        mask_rel = self.mask_rel(image)
-        record = self.expected(image)
-        save_label_png(self.output_dir / mask_rel, labels, self.labeler.palette, fingerprint.encode(record))
-        if self.options.overlay:
-            self._write_overlay(image, item.decoded.rgb, labels)
-        return {**mask_record(labels, self.info.classes, mask_rel), "fingerprint": fingerprint.digest(record)}
+        self._check_labeler()
+        result = self.labeler.finish_scored(item, model_outputs)
+        if self.options.confidence and result.confidence is None:
+            raise RuntimeError("the image was prepared without confidence (use job.prepare or labeler_for)")
+        labels, mask_rel, made_with = result.labels, self.mask_rel(image), self.expected(image)
+        for stale in (self.overlay_path(image), self.output_dir / self.confidence_rel(image), self.cvat_path(image)):
+            stale.unlink(missing_ok=True)  # the old mask's companions go before the new mask replaces it
+        save_label_png(self.output_dir / mask_rel, labels, self.labeler.palette, fingerprint.encode(made_with))
+        record = {**mask_record(labels, self.info.classes, mask_rel), "fingerprint": fingerprint.digest(made_with)}
+        if self.options.confidence:
+            conf_rel = self.confidence_rel(image)
+            outputs.save_confidence_png(self.output_dir / conf_rel, result.confidence)
+            record.update(confidence_record(result.confidence, conf_rel))
+        self._write_companions(image, item.decoded.rgb, labels)
+        return record
+
+    def _check_labeler(self) -> None:
+        """A mask's record names the options; a Labeler built from other ones would make it lie."""
+        o, labeler = self.options, self.labeler
+        if (labeler.tile, labeler.tile_overlap, labeler.confidence) != (o.tile, o.tile_overlap, o.confidence) or (
+                o.classes is not None) != (labeler.keep is not None):
+            raise RuntimeError("this engine's Labeler was not built from the job's options: build it with "
+                               "job.labeler_for(model, options)")
 
     def write_missing_overlay(self, image: InputImage) -> None:
-        """An overlay for a kept mask (a re-run with ``--overlay``)."""
-        decoded = read_image(image.path, self.options.max_side)
-        self._write_overlay(image, decoded.rgb, load_label_png(self.output_dir / self.mask_rel(image)))
+        """The outputs a kept mask lacks that are made from the mask alone: its overlay (``--overlay``) and its
+        CVAT colour mask (``--format cvat``), on a re-run."""
+        labels = load_label_png(self.output_dir / self.mask_rel(image))
+        missing = self.outputs_missing(image)
+        if "cvat" in missing:
+            outputs.save_colour_png(self.cvat_path(image), labels, self.palette)
+        if "overlay" in missing:
+            self._write_overlay(image, read_image(image.path, self.options.max_side).rgb, labels)
+
+    def _write_companions(self, image: InputImage, rgb: np.ndarray, labels: np.ndarray) -> None:
+        if "cvat" in self.options.formats:
+            outputs.save_colour_png(self.cvat_path(image), labels, self.palette)
+        if self.options.overlay:
+            self._write_overlay(image, rgb, labels)
 
     def _write_overlay(self, image: InputImage, rgb: np.ndarray, labels: np.ndarray) -> None:
-        from PIL import Image
-
-        from .postprocess import resize_labels_nearest
-
-        small = resize_labels_nearest(labels, *rgb.shape[:2])  # previews use the working resolution
-        buffer = io.BytesIO()
-        Image.fromarray(blend(rgb, small, self.labeler.palette)).save(buffer, format="JPEG", quality=90)
-        atomic_write_bytes(self.overlay_path(image), buffer.getvalue())
+        # Previews use the working resolution, at most --max-side (tiled images are decoded at full size).
+        data = outputs.overlay_jpeg(rgb, labels, self.palette, self.info.classes, self.options.max_side)
+        atomic_write_bytes(self.overlay_path(image), data)
 
     # -- the end ------------------------------------------------------------------------------------------------
+    def finalize(self) -> list[Path]:
+        """The outputs that gather every image, made from the written files and ``self.report`` alone (so any
+        engine calls it once the images are done; kept masks of earlier runs are included). Returns them."""
+        return outputs.finalize_job(self)
+
     def failure_lines(self) -> list[str]:
         """The first few failures with their reasons, then a count (for the console)."""
         failed = [(rel, r.get("reason", "")) for rel, r in sorted(self.report.images.items()) if r.get("status") == "failed"]
@@ -218,7 +312,8 @@ class LabelJob:
             "images_per_second": round(processed / seconds, 3) if seconds > 0 and processed else None,
             "stage_busy_seconds": {k: round(v, 3) for k, v in timer.items()},
             "options": {"batch_size": o.batch_size, **o.mask_settings(), "scales": list(self.labeler.scales),
-                        "workers": o.workers or default_workers(), "overlay": o.overlay},
+                        "workers": o.workers or default_workers(), "overlay": o.overlay, "confidence": o.confidence,
+                        "formats": list(o.formats), "sheet": o.sheet},
             **(extra or {}),
         }
 

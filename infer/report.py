@@ -14,6 +14,10 @@ from aesipe.utils.labelpng import load_label_png
 REPORT_NAME = "report.json"
 
 
+UNCERTAIN_BELOW = 0.5
+"""A pixel is uncertain when the probability of its class is below this (docs/deploy.md, Confidence)."""
+
+
 def mask_record(labels: np.ndarray, classes: tuple[str, ...], mask_rel: str) -> dict:
     """Status-ok record: size and the classes present with their pixel fractions."""
     counts = np.bincount(labels.ravel(), minlength=len(classes))
@@ -22,6 +26,15 @@ def mask_record(labels: np.ndarray, classes: tuple[str, ...], mask_rel: str) -> 
                for i, c in enumerate(counts) if c}
     return {"status": "ok", "size": [int(labels.shape[0]), int(labels.shape[1])], "classes": present,
             "mask": mask_rel}
+
+
+def confidence_record(confidence: np.ndarray, confidence_rel: str) -> dict:
+    """The confidence part of an image's record, from its uint8 map as written (0-255 = 0-1), so a re-run
+    that reads the map back reports the same numbers."""
+    values = np.asarray(confidence)
+    uncertain = np.count_nonzero(values < UNCERTAIN_BELOW * 255) / max(1, values.size)
+    return {"confidence": confidence_rel, "mean_confidence": round(float(values.mean(dtype=np.float64)) / 255, 4),
+            "uncertain_fraction": round(float(uncertain), 6)}
 
 
 @dataclass
