@@ -93,3 +93,22 @@ def test_public_api_resizes_then_matches_reference(device, random_inputs, op_lib
     reference_out = pamr(image, low_res, num_iter=4, dilations=(1, 2, 4), backend="reference")
     assert fused_out.shape == (2, 4, 23, 31)
     torch.testing.assert_close(fused_out, reference_out, atol=1e-5, rtol=1e-5)
+
+
+# Every implementation (reference, the standard-op decomposition that ONNX export uses, fused CPU/CUDA)
+# against the reference: row counts around the decomposition's row tile, sizes below the largest
+# dilation, batch 2, classes 1 and 21.
+@pytest.mark.parametrize(
+    "batch, classes, height, width",
+    [(1, 21, 13, 11), (2, 3, 1, 9), (2, 4, 9, 1), (1, 1, 8, 8), (2, 5, 17, 30), (1, 3, 33, 7)],
+    ids=str,
+)
+@pytest.mark.parametrize("dilations, num_iter", [((1, 2, 4, 8, 12, 24), 10), ((3, 5), 2)], ids=str)
+def test_every_implementation_matches_reference(implementation, reference, random_inputs, batch, classes,
+                                                height, width, dilations, num_iter):
+    fn, device = implementation
+    image, mask = random_inputs(batch, 3, classes, height, width, seed=height * 7 + width, device=device)
+    out = fn(image, mask, dilations, num_iter)
+    assert out.shape == mask.shape and out.dtype == mask.dtype
+    torch.testing.assert_close(out.cpu(), reference(image.cpu(), mask.cpu(), dilations, num_iter),
+                               atol=1e-5, rtol=1e-5)

@@ -8,7 +8,6 @@ than PyTorch (differences ~1e-6). Both only matter where two classes tie.
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -34,47 +33,64 @@ def _agreement(cfg, out: Path, split: str) -> tuple[float, int]:
     return same / total, total
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("pamr", ["off", "fused"])
-def test_exported_pseudo_labeller_labels_as_make_cam(pamr, tiny_config, tiny_data, tmp_path):
+# Small PAMR (3 iterations, dilations 1 and 2) keeps the unrolled export graph small: each export of the
+# pseudo-labeller (2 scales x flip, in-graph PAMR) is most of these tests' time, so each mode is exported once.
+PARITY_OVERRIDES = ("cam.scales=1.0,0.5", "cam.flip=true", "cam.background_scale=0.9", "model.pamr_iters=3",
+                    "model.pamr_dilations=1,2", "model.pamr_backend=reference", "train.max_steps=6", "train.lr=0.05")
+
+
+@pytest.fixture(scope="module")
+def exported_run(tiny_config, tiny_data, tmp_path_factory):
+    """pamr mode -> (config, exported pseudo-labeller, work folder): a tiny trained run with its train CAMs."""
     pytest.importorskip("onnxruntime")
     from aesipe.export.api import export_model
-    from aesipe.infer import label_folder
     from aesipe.train.stages.make_cam import make_cams
     from aesipe.train.stages.stage1 import train_stage1
 
-    cfg = tiny_config(tmp_path / "run", tiny_data, "cam.scales=1.0,0.5", "cam.flip=true", f"cam.pamr={pamr}",
-                      "cam.background_scale=0.9", "model.pamr_iters=3", "model.pamr_dilations=1,2",
-                      "model.pamr_backend=reference", "train.max_steps=6", "train.lr=0.05")
-    train_stage1(cfg)
-    make_cams(cfg, "train", progress=False)
-    model = export_model(cfg.run_dir, tmp_path / "pl.onnx", what="pseudo_labeller", log=lambda line: None)
+    made = {}
 
-    images = tmp_path / "images"
+    def get(pamr: str):
+        if pamr not in made:
+            base = tmp_path_factory.mktemp(f"parity-{pamr}")
+            cfg = tiny_config(base / "run", tiny_data, *PARITY_OVERRIDES, f"cam.pamr={pamr}")
+            train_stage1(cfg)
+            make_cams(cfg, "train", progress=False)
+            model = export_model(cfg.run_dir, base / "pl.onnx", what="pseudo_labeller", log=lambda line: None)
+            made[pamr] = (cfg, model, base)
+        return made[pamr]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pamr", ["off", "fused"])
+def test_exported_pseudo_labeller_labels_as_make_cam(pamr, exported_run, tiny_data):
+    from aesipe.infer import label_folder
+
+    cfg, model, base = exported_run(pamr)
+    images = base / "images"
     images.mkdir()
     for path in (Path(tiny_data) / "JPEGImages").iterdir():
         if (Path(cfg.run_dir) / "cams" / "train" / f"{path.stem}.npz").is_file():
             shutil.copy(path, images / path.name)
-    report = label_folder(model, images, tmp_path / "out", tags_csv=Path(tiny_data) / "labels_train.csv",
+    report = label_folder(model, images, base / "out", tags_csv=Path(tiny_data) / "labels_train.csv",
                           progress=False, log=lambda line: None)
     assert report.ok == len(list(images.iterdir())) and report.failed == 0
-    agreement, pixels = _agreement(cfg, tmp_path / "out", "train")
+    agreement, pixels = _agreement(cfg, base / "out", "train")
     assert agreement >= 0.999, f"{agreement:.5f} of {pixels} pixels agree"
 
 
-def test_the_labeller_refuses_other_test_time_settings_than_its_graphs(tiny_config, tiny_data, tmp_path):
-    pytest.importorskip("onnxruntime")
-    from aesipe.export.api import export_model
+@pytest.mark.slow
+def test_the_labeller_refuses_other_test_time_settings_than_its_graphs(exported_run):
     from aesipe.infer import Labeler
-    from aesipe.train.stages.stage1 import train_stage1
     from aesipe.utils.errors import UserError
 
-    cfg = tiny_config(tmp_path / "run", tiny_data, "cam.scales=1.0,0.5", "train.max_steps=1")
-    train_stage1(dataclasses.replace(cfg))
-    model = export_model(cfg.run_dir, tmp_path / "pl.onnx", what="pseudo_labeller", log=lambda line: None)
+    _, model, _ = exported_run("off")
     labeler = Labeler(model)
     assert labeler.graph_test_time["scales"] == [1.0, 0.5] and labeler.graph_test_time["flip"] is True
     with pytest.raises(UserError, match="inside the graph; re-export"):
         Labeler(model, scales=(1.0, 0.75))
+    with pytest.raises(UserError, match="inside the graph; re-export"):
+        Labeler(model, flip=True)
     rgb = np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)
     assert set(np.unique(labeler.label(rgb, tags=["disc"]))) <= {0, 1}
