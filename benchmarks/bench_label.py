@@ -1,11 +1,21 @@
-"""Labelling speed: `aesipe-label` (ONNX Runtime, overlapped pipeline) vs a plain eager-PyTorch loop.
+"""Labelling speed: `aesipe-label` (ONNX Runtime, overlapped pipeline; local and Ray engines) vs plain loops.
 
-    python benchmarks/bench_label.py [--images 48] [--checkpoint seg/final.pt] [--work DIR]
+    python benchmarks/bench_label.py [--images 48] [--checkpoint seg/final.pt] [--work DIR] [--ray-actors 1,2]
 
 Same model (DeepLabV3-MobileNetV2: random init unless --checkpoint), same folder of synthetic 500x375
-JPEGs, same output (palette PNGs). Each contender runs in its own process; peak memory is that
-process's max RSS (os.wait4). Throughput counts the labelling loop (model loading excluded, reported
-separately as total wall time).
+JPEGs, same output (palette PNGs). Each contender runs in its own process, one after the other, in this one
+invocation (compare rows of one run: the load of a shared machine moves between runs). Columns:
+- images/s: the contender's own labelling loop (model loading excluded; the total wall time includes it).
+  The Ray rows (`--engine ray --actors N`, a fresh local Ray cluster of this machine's cores, needs
+  `pip install 'aesipe[ray]'`) count from the dataset's start, so the actors' start-up is in it.
+- steady images/s: (masks - 1) / (last mask's mtime - first mask's mtime), the same measure for every row:
+  the rate once the first mask is out, start-up excluded.
+- first mask s: from the process's launch to its first mask on disk (imports, model, Ray and actors' start).
+- Ray first result s: `report.json`'s `first_result_s`, the dataset's start to the first record at the driver.
+- peak RSS: the process's max RSS (os.wait4); for Ray, the largest of the driver and the processes it reaped,
+  not the sum over the actors.
+- same masks: bit-for-bit equal to the local engine's.
+The plain ONNX Runtime loop is examples/ort_client.py's pre-processing, one image at a time, default threads.
 """
 from __future__ import annotations
 
@@ -87,16 +97,62 @@ def eager_worker(checkpoint: Path, folder: Path, out: Path) -> None:
     print(json.dumps({"loop_s": end - loop, "total_s": end - started, "images": len(paths)}))
 
 
-def run_measured(cmd: list[str]) -> tuple[str, float, float]:
-    """Run ``cmd``; return (stdout, wall seconds, peak RSS MiB of that process)."""
+def ort_worker(model: Path, folder: Path, out: Path) -> None:
+    """The plain ONNX Runtime loop: one image at a time, ort_client's pre-processing -> labels -> PNG."""
+    import importlib.util
+
+    import onnxruntime as ort
+
+    from aesipe.utils.labelpng import save_label_png, voc_palette
+
+    spec = importlib.util.spec_from_file_location("ort_client", Path(__file__).parents[1] / "examples" / "ort_client.py")
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
     started = time.perf_counter()
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    fmt = json.loads(session.get_modelmeta().custom_metadata_map["input_format"])
+    palette = voc_palette()
+    loop = time.perf_counter()
+    paths = sorted(folder.glob("*.jpg"))
+    for path in paths:
+        with Image.open(path) as image:
+            batch, height, width = client.preprocess(image, fmt)
+        labels = session.run(["labels"], {"image": batch})[0][0, :height, :width]
+        save_label_png(out / (path.stem + ".png"), np.ascontiguousarray(labels, dtype=np.uint8), palette)
+    end = time.perf_counter()
+    print(json.dumps({"loop_s": end - loop, "total_s": end - started, "images": len(paths)}))
+
+
+def same_masks(out: Path, reference: Path) -> str:
+    from aesipe.utils.labelpng import load_label_png
+
+    names = sorted(p.name for p in reference.glob("*.png"))
+    same = sum(1 for n in names if (out / n).is_file() and (load_label_png(out / n) == load_label_png(reference / n)).all())
+    return f"{same}/{len(names)}"
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def run_measured(cmd: list[str]) -> tuple[str, float, float, float]:
+    """Run ``cmd``; return (stdout, wall seconds, peak RSS MiB of that process, its launch time as time.time())."""
+    launched, started = time.time(), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stdout = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}")
-    return stdout, wall, usage.ru_maxrss / 1024
+    return stdout, wall, usage.ru_maxrss / 1024, launched
+
+
+def mask_timing(folder: Path, launched: float) -> tuple[float, float]:
+    """(seconds from launch to the first mask, steady images/s) from the mtimes of the masks written since launch."""
+    times = sorted(t for t in (p.stat().st_mtime for p in folder.glob("*.png")) if t >= launched)
+    if len(times) < 2 or times[-1] == times[0]:  # too few masks for a rate
+        return (times[0] - launched if times else float("nan")), float("nan")
+    return times[0] - launched, (len(times) - 1) / (times[-1] - times[0])
 
 
 def main() -> None:
@@ -105,15 +161,20 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="a DeepLabV3 checkpoint (default: MobileNetV2 random init)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "aesipe_bench_label")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--ray-actors", default="1,2", help="actor counts of the Ray rows ('' for none)")
     parser.add_argument("--eager-worker", nargs=3, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ort-worker", nargs=3, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prepare-worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.eager_worker:
         return eager_worker(*args.eager_worker)
+    if args.ort_worker:
+        return ort_worker(*args.ort_worker)
     if args.prepare_worker:
         return prepare_worker(*args.prepare_worker)
 
     work = args.work
+    load_before = load_average()
     folder = work / f"images_{args.images}"
     make_folder(folder, args.images)
     checkpoint = args.checkpoint or work / "deeplabv3_mobilenet_v2_random.pt"
@@ -121,29 +182,54 @@ def main() -> None:
     # In a child: Linux carries a parent's peak RSS into children it forks, so this process stays torch-free.
     subprocess.run([sys.executable, __file__, "--prepare-worker", str(checkpoint), str(model)], check=True)
 
-    eager_out = work / "eager_out"
-    eager_out.mkdir(exist_ok=True)
-    stdout, eager_wall, eager_rss = run_measured(
-        [sys.executable, __file__, "--eager-worker", str(checkpoint), str(folder), str(eager_out)])
-    eager = json.loads(stdout.strip().splitlines()[-1])
-    label_out = work / "label_out"
-    label_bin = Path(sys.executable).with_name("aesipe-label")
-    _, label_wall, label_rss = run_measured(
-        [str(label_bin), str(model), str(folder), str(label_out), "--overwrite", "--batch-size", str(args.batch_size)])
-    report = json.loads((label_out / "report.json").read_text())["summary"]
+    def contender(name: str, cmd: list[str], out: Path, label_run: bool) -> dict:
+        """Run one contender writing its masks under ``out``; aesipe-label's own figures come from its report."""
+        masks = out / "masks" if label_run else out
+        masks.mkdir(parents=True, exist_ok=True)
+        stdout, wall, rss, launched = run_measured(cmd)
+        first, steady = mask_timing(masks, launched)
+        if label_run:
+            summary = json.loads((out / "report.json").read_text())["summary"]
+            ips = summary["images_per_second"]
+        else:  # a plain loop's own timing, printed by its worker
+            summary = json.loads(stdout.strip().splitlines()[-1])
+            ips = summary["images"] / summary["loop_s"]
+        return {"name": name, "ips": ips, "steady": steady, "first": first, "wall": wall, "rss": rss, "masks": masks,
+                "summary": summary}
 
-    eager_ips = eager["images"] / eager["loop_s"]
-    label_ips = report["images_per_second"]
-    rows = [("eager PyTorch loop (CPU)", eager_ips, eager_wall, eager_rss),
-            (f"aesipe-label ONNX Runtime CPU, batch {args.batch_size}", label_ips, label_wall, label_rss)]
+    me = [sys.executable, __file__]
+    eager = contender("eager PyTorch loop", me + ["--eager-worker", str(checkpoint), str(folder), f"{work}/eager_out"],
+                      work / "eager_out", label_run=False)
+    plain = contender("plain ONNX Runtime loop", me + ["--ort-worker", str(model), str(folder), f"{work}/ort_out"],
+                      work / "ort_out", label_run=False)
+    label = [str(Path(sys.executable).with_name("aesipe-label")), str(model), str(folder)]
+    options = ["--overwrite", "--batch-size", str(args.batch_size)]
+    local = contender(f"aesipe-label, local engine, batch {args.batch_size}", label + [f"{work}/label_out"] + options,
+                      work / "label_out", label_run=True)
+    rows = [eager, plain, local]
+    for actors in [int(a) for a in args.ray_actors.split(",") if a.strip()]:
+        ray = ["--engine", "ray", "--actors", str(actors)]
+        row = contender("", label + [f"{work}/ray_out_{actors}"] + options + ray, work / f"ray_out_{actors}", label_run=True)
+        row["name"] = f"aesipe-label --engine ray, {actors} actor(s) x {row['summary']['ray']['threads']} thread(s)"
+        rows.append(row)
+    load_after = load_average()
+
     print(f"\n{args.images} JPEGs 500x375, DeepLabV3-MobileNetV2 (21 classes), {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"{'contender':44s} {'images/s':>9s} {'total wall s':>13s} {'peak RSS MiB':>13s}")
-    for name, ips, wall, rss in rows:
-        print(f"{name:44s} {ips:9.2f} {wall:13.1f} {rss:13.0f}")
-    print(f"speed-up (loop throughput): {label_ips / eager_ips:.2f}x; aesipe-label busy seconds per stage: "
-          f"{report['stage_busy_seconds']}")
-
+          f"{os.cpu_count()} cores, Python {platform.python_version()}, load average (1, 5, 15 min) {load_before} before, "
+          f"{load_after} after\n")
+    print("| contender | images/s | steady images/s | first mask s | Ray first result s | total wall s | peak RSS MiB | same masks |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        same = "reference" if r is local else same_masks(r["masks"], local["masks"])
+        ray_first = r["summary"].get("ray", {}).get("first_result_s")
+        print(f"| {r['name']} | {r['ips']:.2f} | {r['steady']:.2f} | {r['first']:.1f} | "
+              f"{'-' if ray_first is None else f'{ray_first:.1f}'} | "
+              f"{r['wall']:.1f} | {r['rss']:.0f} | {same} |")
+    print(f"\naesipe-label local vs eager PyTorch {local['ips'] / eager['ips']:.2f}x, vs plain ONNX Runtime "
+          f"{local['ips'] / plain['ips']:.2f}x (steady: {local['steady'] / plain['steady']:.2f}x)")
+    for r in rows[3:]:
+        print(f"{r['name']} vs local engine: {r['ips'] / local['ips']:.2f}x (steady: {r['steady'] / local['steady']:.2f}x)")
+    print(f"aesipe-label busy seconds per stage: {local['summary']['stage_busy_seconds']}")
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .pamr_reference import EPS, RING_OFFSETS, STD_SCALE
+from aesipe.ops.pamr_reference import EPS, RING_OFFSETS, STD_SCALE
 
 # Output rows per tile. Smaller tiles keep more of the intermediates in L2 but cost more node launches;
 # 4 was fastest of 2/3/4/8/16 at 1 x 21 x 321 x 321 and 4 x 21 x 93 x 125 on a 2 MiB-L2 CPU.

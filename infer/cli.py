@@ -50,7 +50,8 @@ def label(
     workers: Annotated[Optional[int], typer.Option(help="Decode/encode threads (default: min(4, cores)).")] = None,
     max_side: Annotated[int, typer.Option(help="Images with a longer side are labelled at this size and the "
                                                "result resized back.")] = 2048,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: ONNX Runtime's, "
+                                                        "one per physical core).")] = None,
     confidence: Annotated[bool, typer.Option(help="Also write OUTPUT/confidence/ (8-bit maps of the written class's "
                                                   "probability), per-image confidence in report.json and "
                                                   "OUTPUT/review.csv (least confident first).")] = False,

@@ -49,6 +49,9 @@ from .session import parse_device
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'aesipe[ray]'"
 DECODE_CPUS = 0.25
+DECODE_RETRIES = 3
+"""Tries of a decode task whose process died (Ray Data's default retries forever: an image that crashes
+its decoder every time would hang the run; after these tries the run stops with exit 1 and a re-run resumes)."""
 TRIES_PER_IMAGE = 3
 MAX_BLOCKS = 10_000
 REPORT_EVERY_S = 10.0
@@ -336,7 +339,7 @@ def _dataset(ray, rows: list[dict], state: dict, res: dict, actor_cls: type, bat
     per_block = max(batch_size, math.ceil(len(rows) / MAX_BLOCKS))
     ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
     ds.context.enable_progress_bars = False  # the driver shows its own, in images
-    ds = ds.map(decode, fn_kwargs={"state": state}, num_cpus=DECODE_CPUS)
+    ds = ds.map(decode, fn_kwargs={"state": state}, num_cpus=DECODE_CPUS, max_retries=DECODE_RETRIES)
     return ds.map_batches(actor_cls, fn_constructor_kwargs={"state": state, "device": res["device"], "threads": res["threads"]},
                           batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                           num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])

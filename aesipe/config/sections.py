@@ -172,8 +172,8 @@ class CamConfig:
     """PAMR refinement of the final maps, made the same way by make-cam and the exported pseudo-labeller:
     off; per_scale = each scale's maps on the image at 1/4 of that scale's size; fused = the maps summed
     over scales, once, on the image at 1/4 size. Settings: model.pamr_iters / pamr_dilations. off is the
-    default because it was the best on MSRC-21 val (AE-SIPE: off 57.1, per_scale 56.1, fused 54.9 mIoU at
-    background x1.0; benchmarks/RESULTS.md, "PAMR on the final maps")."""
+    default: on MSRC-21 val (AE-SIPE, 3 seeds, background x1.0) off 56.6, per_scale 56.2, fused 54.6 mIoU,
+    and off makes CAMs in half the time (benchmarks/RESULTS.md, "PAMR on the final maps")."""
     batch_size: int = 1
 
     def __post_init__(self) -> None:
