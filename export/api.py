@@ -116,7 +116,8 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.stem}.partial-{os.getpid()}{out_path.suffix}")
     what = loaded.what.replace("_", "-")
-    detail = f" ({test_time.describe()['scales']} scales, flip {test_time.flip}, PAMR {test_time.pamr})" if test_time else ""
+    detail = (f" ({test_time.describe()['scales']} scales, flip {test_time.flip}, PAMR {test_time.pamr}, background "
+              f"x{loaded.cfg.cam.background_scale:g})" if test_time else "")
     log(f"exporting the {what}{detail} to {fmt.name}: tracing the network (a real one takes a minute or two on a CPU)")
     started = time.perf_counter()
     try:

@@ -14,6 +14,7 @@ from torch import nn
 
 from aesipe.checkpoints import KIND_NAMES, read_checkpoint
 from aesipe.config import RunConfig, run_config_from_saved
+from aesipe.config.schema import read_run_config
 from aesipe.utils.errors import UserError
 
 WHAT_CHECKPOINT = {"segmenter": "seg/final.pt", "pseudo_labeller": "stage1/final.pt"}
@@ -67,6 +68,26 @@ def resolve_checkpoint(source: Path, what: str) -> Path:
     return checkpoint
 
 
+def run_dir_of(source: Path, checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint belongs to (RUN/, RUN/stage1/final.pt, RUN/stage1/checkpoints/last.pt),
+    or None for a checkpoint file outside a run."""
+    if source.is_dir():
+        return source if (source / "config.toml").is_file() else None
+    for parent in checkpoint.resolve().parents[1:3]:
+        if (parent / "config.toml").is_file():
+            return parent
+    return None
+
+
+def with_run_test_time(cfg: RunConfig, run_dir: Path | None) -> RunConfig:
+    """The checkpoint's config (its architecture) with the run's current ``cam`` section: the test-time
+    procedure and background scale that make-cam and eval-cam use now, e.g. the scale ``aesipe-train
+    calibrate`` stored after training."""
+    if run_dir is None:
+        return cfg
+    return dataclasses.replace(cfg, cam=read_run_config(run_dir / "config.toml").cam)
+
+
 def load_source(source: str | Path, what: str | None = None) -> LoadedModel:
     """Load the model to export; ``what`` defaults to the checkpoint's kind (run dirs: segmenter)."""
     source = Path(source)
@@ -83,7 +104,7 @@ def load_source(source: str | Path, what: str | None = None) -> LoadedModel:
         raise UserError(f"{path} holds a {kind} model ({KIND_NAMES.get(kind, 'unknown')}), not a "
                         f"{what.replace('_', '-')}: export it with --what {other}")
     what = KIND_WHAT[kind]
-    cfg = run_config_from_saved(data["config"])
+    cfg = with_run_test_time(run_config_from_saved(data["config"]), run_dir_of(source, path))
     class_names = [str(name) for name in data["class_names"]]
     if len(class_names) < 2:
         raise UserError(f"{path}: class_names must list background and at least one class")

@@ -116,3 +116,27 @@ def test_missing_onnxscript_says_what_to_install(export_base, monkeypatch):
 def test_wrong_kind_for_what_is_refused(export_base):
     result = runner.invoke(app, [str(export_base / "run" / "seg" / "final.pt"), "--what", "pseudo-labeller"])
     assert result.exit_code == 2 and "holds a deeplabv3 model" in result.output
+
+
+def test_the_runs_current_cam_settings_win_over_the_checkpoints(tmp_path):
+    """aesipe-train calibrate (or a user) changes cam.* in RUN/config.toml after training: the exported
+    pseudo-labeller follows the run, whether the run or a checkpoint inside it is named; the network is
+    built from the checkpoint's own config. A checkpoint outside any run keeps its own cam settings."""
+    import dataclasses
+    import shutil
+
+    from aesipe.config import save_config
+
+    run = tiny.make_run(tmp_path / "run")
+    trained = tiny.tiny_config()
+    save_config(dataclasses.replace(trained, cam=dataclasses.replace(trained.cam, background_scale=1.25),
+                                    model=dataclasses.replace(trained.model, pamr_iters=7)), run / "config.toml")
+    (run / "stage1" / "checkpoints").mkdir()
+    shutil.copy(run / "stage1" / "final.pt", run / "stage1" / "checkpoints" / "last.pt")
+    shutil.copy(run / "stage1" / "final.pt", tmp_path / "outside.pt")
+    with tiny.builders_installed():
+        for source in (run, run / "stage1" / "final.pt", run / "stage1" / "checkpoints" / "last.pt"):
+            loaded = load_source(source, what="pseudo_labeller")
+            assert loaded.cfg.cam.background_scale == 1.25, source
+            assert loaded.cfg.model.pamr_iters == trained.model.pamr_iters, source
+        assert load_source(tmp_path / "outside.pt").cfg.cam.background_scale == trained.cam.background_scale
