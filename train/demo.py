@@ -33,7 +33,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "irn": {"backbone": "mobilenet_v2", "crop_size": 96, "batch_size": 16, "epochs": 100, "max_steps": 100,
             "path_radius": 5, "checkpoint_every": 50, "log_every": 10},
     "seg": {"backbone": "mobilenet_v2", "crop_size": 96, "scale_range": [0.75, 1.25],
-            "batch_size": 16, "epochs": 100, "max_steps": 200, "lr": 0.02, "checkpoint_every": 100, "log_every": 20},
+            "batch_size": 16, "epochs": 100, "max_steps": 200, "lr": 0.01, "checkpoint_every": 100, "log_every": 20},
 }  # fmt: skip
 
 
