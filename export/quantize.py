@@ -118,6 +118,18 @@ class _Reader:
         self._feeds = None
 
 
+def prepare_for_quantisation(quantization, source: Path, target: Path, log: Callable[[str], None]) -> None:
+    """ONNX Runtime's pre-processing (shape inference + graph optimisation) of ``source`` into ``target``.
+
+    Its symbolic shape inference gives up on some graphs with dynamic sizes (a real DeepLabV3-MobileNetV2:
+    "Incomplete symbolic shape inference", a bare ``Exception``); ONNX's own shape inference is then used."""
+    try:
+        quantization.shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
+    except Exception as exc:  # noqa: BLE001 - ORT raises a plain Exception here
+        log(f"symbolic shape inference failed ({str(exc).splitlines()[0][:80]}); using ONNX shape inference")
+        quantization.shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+
+
 def quantise(float32_file: Path, out_file: Path, calibration: list[Sample], log: Callable[[str], None]) -> None:
     """Write the int8 (QDQ) version of ``float32_file`` to ``out_file``."""
     quantization = require_quantization()
@@ -127,7 +139,7 @@ def quantise(float32_file: Path, out_file: Path, calibration: list[Sample], log:
     log(f"quantising to int8: calibrating on {len(calibration)} images")
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quantization.shape_inference.quant_pre_process(str(float32_file), str(prepared), skip_symbolic_shape=False)
+        prepare_for_quantisation(quantization, float32_file, prepared, log)
         quantization.quantize_static(
             str(prepared), str(out_file), _Reader(labeler, calibration), quant_format=quantization.QuantFormat.QDQ,
             per_channel=True, activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,

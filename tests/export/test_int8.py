@@ -59,3 +59,25 @@ def test_int8_option_mistakes_are_one_line(tmp_path, calibration):
                           (["--int8", "--format", "torchscript"], "--int8 does not apply to torchscript")]:
         result = runner.invoke(app, [str(run), *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_graph_symbolic_shape_inference_gives_up_on_still_quantises(tmp_path, calibration, monkeypatch):
+    """A real DeepLabV3-MobileNetV2 makes ONNX Runtime's symbolic shape inference raise ("Incomplete symbolic
+    shape inference"): the pre-processing then uses ONNX's shape inference instead of failing the export."""
+    import onnx
+    from onnxruntime.quantization import shape_inference
+
+    original, calls = shape_inference.quant_pre_process, []
+
+    def picky(source, target, skip_symbolic_shape=False, **kwargs):
+        calls.append(skip_symbolic_shape)
+        if not skip_symbolic_shape:
+            raise Exception("Incomplete symbolic shape inference")
+        return original(source, target, skip_symbolic_shape=True, **kwargs)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", picky)
+    logs: list[str] = []
+    path = export_model(tiny.make_run(tmp_path / "run"), tmp_path / "seg.onnx", what="segmenter",
+                        int8={"calibration": calibration, "images": 4}, log=logs.append)
+    assert calls == [False, True] and any("using ONNX shape inference" in line for line in logs)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in onnx.load(str(path)).graph.node}
