@@ -8,18 +8,27 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-_NAME = "aesipe_tests_tiny_models"
-if _NAME not in sys.modules:  # the same module object as tests/export's, so exports happen once
-    _spec = importlib.util.spec_from_file_location(_NAME, Path(__file__).parents[1] / "export" / "tiny_models.py")
-    sys.modules[_NAME] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules[_NAME])
-tiny = sys.modules[_NAME]
+
+def _load(name: str, path: Path):
+    """Import ``path`` once as module ``name`` (test helpers are files, not a package)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+# The same module object as tests/export's, so exports happen once.
+tiny = _load("aesipe_tests_tiny_models", Path(__file__).parents[1] / "export" / "tiny_models.py")
+# The segmenter with known answers of the output, tiling and sheet tests (needs tiny, loaded above).
+colour = _load("aesipe_tests_colour_model", Path(__file__).with_name("colour_model.py"))
 
 
 # The shared session fixtures (defined in tiny_models.py).
 tiny_builders, export_base, seg_onnx, seg_torchscript, pl_onnx = (
     tiny.tiny_builders, tiny.export_base, tiny.seg_onnx, tiny.seg_torchscript, tiny.pl_onnx
 )
+colour_onnx, scenes = colour.colour_onnx, colour.scenes
 
 
 smooth_rgb = tiny.smooth_rgb

@@ -3,7 +3,6 @@ the Labeler's scores, and one line for every new mistake."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,12 +17,7 @@ from aesipe.infer import Labeler
 from aesipe.infer.cli import app
 from aesipe.utils.labelpng import load_label_png
 
-if "aesipe_tests_colour_model" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("aesipe_tests_colour_model", Path(__file__).with_name("colour_model.py"))
-    sys.modules["aesipe_tests_colour_model"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["aesipe_tests_colour_model"])
-colour = sys.modules["aesipe_tests_colour_model"]
-colour_onnx, scenes = colour.colour_onnx, colour.scenes
+colour = sys.modules["aesipe_tests_colour_model"]  # loaded by conftest.py
 runner = CliRunner()
 
 

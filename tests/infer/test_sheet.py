@@ -2,7 +2,6 @@
 the page references exists; rendered by Chromium when it is installed)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -18,12 +17,7 @@ from typer.testing import CliRunner
 
 from aesipe.infer.cli import app
 
-if "aesipe_tests_colour_model" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("aesipe_tests_colour_model", Path(__file__).with_name("colour_model.py"))
-    sys.modules["aesipe_tests_colour_model"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["aesipe_tests_colour_model"])
-colour = sys.modules["aesipe_tests_colour_model"]
-colour_onnx, scenes = colour.colour_onnx, colour.scenes
+colour = sys.modules["aesipe_tests_colour_model"]  # loaded by conftest.py
 runner = CliRunner()
 VOC = {1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0)}  # the tiny run's palette (VOC): cat, dog, car
 

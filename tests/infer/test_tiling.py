@@ -2,7 +2,6 @@
 by the tile (not by the image's size x its classes)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,12 +17,7 @@ from aesipe.infer.cli import app
 from aesipe.infer.tiling import coverage, windows
 from aesipe.utils.labelpng import load_label_png
 
-if "aesipe_tests_colour_model" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("aesipe_tests_colour_model", Path(__file__).with_name("colour_model.py"))
-    sys.modules["aesipe_tests_colour_model"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["aesipe_tests_colour_model"])
-colour = sys.modules["aesipe_tests_colour_model"]
-colour_onnx = colour.colour_onnx
+colour = sys.modules["aesipe_tests_colour_model"]  # loaded by conftest.py
 tiny = sys.modules["aesipe_tests_tiny_models"]
 runner = CliRunner()
 
