@@ -39,6 +39,7 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from aesipe.ops.pamr_decomposed import affinity as conv_affinity  # noqa: E402  (the exported form's affinity)
 from aesipe.ops.pamr_reference import EPS, RING_OFFSETS, STD_SCALE, pamr_reference  # noqa: E402
 
 DILATIONS = (1, 2, 4, 8, 12, 24)
@@ -61,44 +62,6 @@ def _tap(padded, oy, ox, pad):
 
     The ends are negative constants (or None), so the exported Slice needs no Shape arithmetic."""
     return padded[..., pad + oy:(oy - pad) or None, pad + ox:(ox - pad) or None]
-
-
-def _conv_kernel(like):
-    kernel = [[[[1.0 if (r - 1, c - 1) == o else 0.0 for c in range(3)] for r in range(3)]] for o in RING_OFFSETS]
-    return torch.tensor(kernel, dtype=like.dtype, device=like.device)
-
-
-def conv_affinity(image, dilations):
-    """Affinity [B, P, H, W] with one-hot grouped convolutions (the form the project exported before)."""
-    channels = image.shape[1]
-    kernel = _conv_kernel(image).repeat(channels, 1, 1, 1)
-    ring = torch.cat([
-        F.conv2d(F.pad(image, (d,) * 4, mode="replicate"), kernel, dilation=d, groups=channels).unflatten(1, (channels, 8))
-        for d in dilations
-    ], dim=2)
-    centre = image.unsqueeze(2)
-    repeats = len(dilations)
-    taps = 9 * repeats
-    mean = (ring.sum(dim=2, keepdim=True) + repeats * centre) / taps
-    sq = ((ring - mean) ** 2).sum(dim=2, keepdim=True) + repeats * (centre - mean) ** 2
-    std = (sq / (taps - 1)).sqrt()
-    logits = (-(centre - ring).abs() / (EPS + STD_SCALE * std)).mean(dim=1)
-    return logits.softmax(dim=1)
-
-
-def prop_conv(mask, aff, dilations, num_iter):
-    """Before: per dilation a 3-D conv with a one-hot [8, 1, 1, 3, 3] kernel makes [B, 8, K, H, W] shifts."""
-    kernel = _conv_kernel(mask).unsqueeze(2)
-    weights = [aff[:, 8 * i:8 * (i + 1)].unsqueeze(2) for i in range(len(dilations))]
-    volume = mask.unsqueeze(1)
-    for _ in range(num_iter):
-        total = None
-        for d, w in zip(dilations, weights):
-            padded = F.pad(volume, (d,) * 4 + (0, 0), mode="replicate")
-            term = F.conv3d(padded, kernel, dilation=(1, d, d)) * w
-            total = term if total is None else total + term
-        volume = total.sum(dim=1, keepdim=True)
-    return volume.squeeze(1)
 
 
 def _slices_step(mask, aff, dilations):
@@ -300,7 +263,6 @@ def _with_affinity(prop):
 
 
 CANDIDATES = {
-    "conv": ("one-hot Conv3d shifts per dilation (the previous export form)", lambda: _with_affinity(prop_conv)),
     "slices": ("static Slices of one padded map, iterations unrolled", lambda: _with_affinity(prop_slices)),
     "slices_loop": ("static Slices, iterations in an ONNX Scan", lambda: _with_affinity(prop_slices_loop)),
     "slices_cl": ("static Slices, channels-last, iterations in a Scan", lambda: _with_affinity(prop_slices_cl)),
