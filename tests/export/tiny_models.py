@@ -61,19 +61,23 @@ def tiny_config() -> RunConfig:
 
 
 @contextlib.contextmanager
-def builders_installed():
-    """The tiny stand-ins replace the real builders for ``deeplabv3``/``aesipe`` checkpoints, only inside
-    the block: the registry is global, and other folders' tests (the demo's export) need the real ones."""
+def builders_replaced(builders: dict):
+    """``builders`` (checkpoint kind -> ``(cfg, num_foreground) -> nn.Module``) replace export's builders only
+    inside the block: the registry is global, and other folders' tests (the demo's export) need the real ones."""
     from aesipe.export import sources
 
     saved = dict(sources.BUILDERS)
-    sources.BUILDERS["deeplabv3"] = lambda cfg, c: TinySegmenter(c)
-    sources.BUILDERS["aesipe"] = lambda cfg, c: TinyAesipe(c)
+    sources.BUILDERS.update(builders)
     try:
         yield
     finally:
         sources.BUILDERS.clear()
         sources.BUILDERS.update(saved)
+
+
+def builders_installed():
+    """The tiny stand-ins for ``deeplabv3``/``aesipe`` checkpoints (a ``builders_replaced`` block)."""
+    return builders_replaced({"deeplabv3": lambda cfg, c: TinySegmenter(c), "aesipe": lambda cfg, c: TinyAesipe(c)})
 
 
 def save_checkpoint(path: Path, kind: str, net: nn.Module, cfg: RunConfig | None = None,

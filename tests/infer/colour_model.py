@@ -3,7 +3,6 @@
 object that shrinks below about half a cell is lost. Exported through the real checkpoint -> ONNX path."""
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -41,19 +40,6 @@ class ColourSegmenter(nn.Module):
         return self.pool(self.colour(x))
 
 
-@contextlib.contextmanager
-def _colour_builder():
-    from aesipe.export import sources
-
-    saved = dict(sources.BUILDERS)
-    sources.BUILDERS["deeplabv3"] = lambda cfg, c: ColourSegmenter(c)
-    try:
-        yield
-    finally:
-        sources.BUILDERS.clear()
-        sources.BUILDERS.update(saved)
-
-
 def export_colour_model(base: Path) -> Path:
     from aesipe.export.api import export_model
 
@@ -61,7 +47,7 @@ def export_colour_model(base: Path) -> Path:
     if not target.exists():
         run = base / "colour_run"
         tiny.save_checkpoint(run / "seg" / "final.pt", "deeplabv3", ColourSegmenter(3))
-        with _colour_builder():
+        with tiny.builders_replaced({"deeplabv3": lambda cfg, c: ColourSegmenter(c)}):
             export_model(run, target, format="onnx", what="segmenter", log=lambda m: None)
     return target
 
