@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aesipe.constants import IMAGENET_MEAN, IMAGENET_STD
-from aesipe.ops.pamr import pamr
+from aesipe.ops.pamr import pamr_kept_channels
 
 from . import sipe_modules as sm
 from .backbones import build_backbone
@@ -97,8 +97,11 @@ class AESIPENet(nn.Module):
         return stages[3], torch.cat(parts, dim=1)
 
     # ------------------------------------------------------------------ the map pipeline
-    def _refine_with_pamr(self, image: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    def _refine_with_pamr(self, image: torch.Tensor, maps: torch.Tensor, tag_mask: torch.Tensor) -> torch.Tensor:
         """PAMR on the de-normalised image at 1/4 size; result resized back to the maps' size. No gradient.
+
+        Only the channels of the batch's tags are refined: the others are zero in every map this
+        runs on (no seeds, so a zero prototype and a zero map) and PAMR keeps zero channels zero.
 
         Both resizes use ``align_corners=True`` as the authors' code does (``ae_align_corners``); with
         False the 1/4 -> stride-16 round trip is not the identity at the borders."""
@@ -107,7 +110,8 @@ class AESIPENet(nn.Module):
             rgb = image.detach().float() * self.std + self.mean
             h, w = image.shape[-2:]
             rgb = F.interpolate(rgb, size=(h // 4, w // 4), mode="bilinear", align_corners=corners)
-            refined = pamr(rgb, maps.detach().float(), self.pamr_iters, self.pamr_dilations, self.pamr_backend)
+            refined = pamr_kept_channels(rgb, maps.detach().float(), tag_mask.flatten(1), self.pamr_iters,
+                                         self.pamr_dilations, self.pamr_backend)
             refined = F.interpolate(refined, size=maps.shape[-2:], mode="bilinear", align_corners=corners)
         return refined.to(maps.dtype)
 
@@ -124,7 +128,7 @@ class AESIPENet(nn.Module):
         ae_seed_mask = label_mask if self.mask_ae_seeds else tag_mask
         for step in self.program:
             if step == "pamr":
-                current = self._refine_with_pamr(image, current)
+                current = self._refine_with_pamr(image, current, tag_mask)
             else:  # "pr_is"
                 seeds = sm.one_hot_argmax(current, ae_seed_mask)
                 current = sm.reactivate(sm.prototypes(seeds, hie), hie)

@@ -9,9 +9,10 @@ everything after it, in numpy.
 
 Optional PAMR refinement of these maps (``cam.pamr``): ``per_scale`` refines each scale's maps on the
 image at 1/4 of that scale's size; ``fused`` refines the summed maps once, on the image at 1/4 of its size
-(one PAMR instead of one per scale). Resizing uses torch's bicubic (a = -0.75, no antialiasing), which
-ONNX Runtime reproduces exactly; the authors' PIL bicubic antialiases when shrinking, so their scale-0.5
-maps differ slightly.
+(one PAMR instead of one per scale); only the channels of the image's tags are refined (the others are
+zero). Resizing is torch's bicubic (a = -0.75, no antialiasing), exported as gathers rather than ONNX
+Runtime's much slower cubic ``Resize`` (``aesipe.ops.resize``); the authors' PIL bicubic antialiases when
+shrinking, so their scale-0.5 maps differ slightly.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from aesipe.ops.resize import resize_bicubic
 
 PAMR_DOWNSCALE = 4
 """PAMR runs on the image at 1/4 size (as in the AE step): at full size its memory grows as K x P x H x W."""
@@ -55,16 +58,17 @@ class CamSettings:
                 "pamr_downscale": PAMR_DOWNSCALE}
 
 
-def _refine(image01: torch.Tensor, maps: torch.Tensor, tt: CamSettings) -> torch.Tensor:
-    """PAMR of ``maps`` on ``image01`` resized to 1/4 of its size; result at that 1/4 size."""
-    from aesipe.ops.pamr import pamr
+def _refine(image01: torch.Tensor, maps: torch.Tensor, keep: torch.Tensor, tt: CamSettings) -> torch.Tensor:
+    """PAMR of ``maps`` on ``image01`` resized to 1/4 of its size; result at that 1/4 size. Only the
+    channels ``keep`` [B, K, 1, 1] keeps are refined (``maps`` is zero in the others)."""
+    from aesipe.ops.pamr import pamr_kept_channels
 
     height, width = image01.shape[-2:]
     # Images under 4 px on a side have no 1/4-size image to refine on: make-cam and aesipe-label need
     # >= 4 px when cam.pamr is on (a max(1, ...) here would put Max() guards into the exported shapes).
     size = (height // PAMR_DOWNSCALE, width // PAMR_DOWNSCALE)
     small = F.interpolate(image01, size=size, mode="bilinear", align_corners=False)
-    return pamr(small, maps, tt.pamr_iters, tt.pamr_dilations, tt.pamr_backend)
+    return pamr_kept_channels(small, maps, keep.flatten(1), tt.pamr_iters, tt.pamr_dilations, tt.pamr_backend)
 
 
 def fused_maps(
@@ -88,16 +92,16 @@ def fused_maps(
     for scale in tt.scales:
         x = image01
         if scale != 1.0:
-            x = F.interpolate(image01, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+            x = resize_bicubic(image01, scale).clamp(0.0, 1.0)
         maps = net.maps((x - mean_t) / std_t, tags.to(x.dtype), flip=tt.flip)
         for key in keys:
             value = maps[key].float() * keep
             if tt.pamr == "per_scale":
-                value = _refine(x.float(), value, tt)
+                value = _refine(x.float(), value, keep, tt)
             value = F.interpolate(value, size=(height, width), mode="bilinear", align_corners=False)
             totals[key] = totals[key] + value if key in totals else value
     if tt.pamr == "fused":
         for key, value in totals.items():
-            refined = _refine(image01.float(), value, tt)
+            refined = _refine(image01.float(), value, keep, tt)
             totals[key] = F.interpolate(refined, size=(height, width), mode="bilinear", align_corners=False)
     return {key: value * keep for key, value in totals.items()}

@@ -19,7 +19,6 @@ an exported graph is an inference graph.
 """
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import List, Sequence
 
@@ -29,10 +28,11 @@ from torch import nn
 
 from . import _build
 from ._checks import NOT_DIFFERENTIABLE, check_inputs, check_params
+from ._export_context import onnx_exporting
 from .pamr_decomposed import pamr_decomposed
 from .pamr_reference import pamr_reference
 
-__all__ = ["DEFAULT_DILATIONS", "PAMR", "PamrFallbackWarning", "pamr", "pamr_backend_for"]
+__all__ = ["DEFAULT_DILATIONS", "PAMR", "PamrFallbackWarning", "pamr", "pamr_backend_for", "pamr_kept_channels"]
 
 DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
 BACKENDS = ("auto", "fused", "reference")
@@ -103,12 +103,6 @@ def _choose_backend(backend: str, device: torch.device) -> str:
     return "reference"
 
 
-def _onnx_exporting() -> bool:
-    # torch.onnx is imported lazily by torch; if nobody imported it, no ONNX export is running.
-    onnx = sys.modules.get("torch.onnx")
-    return onnx is not None and onnx.is_in_onnx_export()
-
-
 def _tracing_for_export() -> bool:
     return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
@@ -132,13 +126,13 @@ def pamr(
     if not torch.jit.is_tracing():  # traced shapes are tensors; the op checks them when the trace runs
         check_inputs(image, mask, dilations, num_iter, same_size=False)
     height, width = image.shape[-2:]
-    if _tracing_for_export() or _onnx_exporting():
+    if _tracing_for_export() or onnx_exporting():
         # Export graphs are inference graphs: record a detach instead of refusing gradients (a model
         # whose parameters require grad then exports without no_grad()), and resize unconditionally:
         # size comparisons would add guards on the dynamic H x W.
         image, mask = image.detach(), mask.detach()
         mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=True)
-        if _onnx_exporting():
+        if onnx_exporting():
             return pamr_decomposed(image, mask, dilations, num_iter)
         return _run(image, mask, dilations, num_iter, backend)
 
@@ -154,6 +148,28 @@ def pamr(
         resized = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=True)
     out = _run(image, resized, dilations, num_iter, backend)
     return out.clone() if out is mask else out  # never hand back the caller's tensor
+
+
+def pamr_kept_channels(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    keep: torch.Tensor,
+    num_iter: int = 10,
+    dilations: Sequence[int] = DEFAULT_DILATIONS,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``pamr`` of only the channels that ``keep`` [B, K] (> 0 = kept) keeps for some batch item.
+
+    The other channels are zero in the result, which is exactly ``pamr``'s result when they are zero in
+    ``mask``: PAMR refines every channel on its own, linearly, so a zero channel stays zero. Stage-1
+    maps are zero outside the image's tags, so an image with 2 tags of 20 classes refines 3 channels,
+    not 21: in the exported pseudo-labeller PAMR is most of the work, and its standard-op form costs
+    in proportion to the channels (benchmarks/RESULTS.md, "Pseudo-labeller").
+    """
+    index = (keep > 0).any(dim=0).nonzero().squeeze(1)
+    kept = pamr(image, mask.index_select(1, index), num_iter, dilations, backend)
+    out = kept.new_zeros((mask.shape[0], mask.shape[1], *kept.shape[-2:]))
+    return out.index_copy(1, index, kept)
 
 
 def _run(image: torch.Tensor, mask: torch.Tensor, dilations: tuple[int, ...], num_iter: int, backend: str):

@@ -1,15 +1,19 @@
 """Backbones and the AE-SIPE network: shapes, freezing, masking, the Table-3 step programs."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from aesipe.models import aesipe_net
 from aesipe.models import sipe_modules as sm
 from aesipe.models.aesipe_net import AE_PROGRAMS, AESIPENet
 from aesipe.models.backbones import build_backbone
 from aesipe.utils.errors import UserError
+
+# The module, not the function aesipe.ops re-exports under the same name.
+pamr_module = importlib.import_module("aesipe.ops.pamr")
 
 
 @pytest.mark.parametrize("name, channels", [("resnet50", (256, 512, 1024, 2048)), ("mobilenet_v2", (24, 32, 96, 1280))])
@@ -126,7 +130,7 @@ def _manual_pipeline(net, image, program, labels):
     current = sm.reactivate(sm.prototypes(sm.structure_seeds(cam, hie, mask), hie), hie)
     for step in program:
         if step == "pamr":
-            current = net._refine_with_pamr(image, current)
+            current = net._refine_with_pamr(image, current, mask)
         else:
             current = sm.reactivate(sm.prototypes(sm.one_hot_argmax(current, mask), hie), hie)
     return sm.max_normalise(current)
@@ -137,11 +141,11 @@ def test_table3_variant_runs_its_step_sequence(variant, monkeypatch):
     calls = []
 
     def fake_pamr(image, mask, num_iter, dilations, backend):
-        calls.append((tuple(image.shape), num_iter))
+        calls.append((tuple(image.shape), mask.shape[1], num_iter))
         up = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
         return up.roll(1, dims=-1)  # a visible change, so skipping the step would be noticed
 
-    monkeypatch.setattr(aesipe_net, "pamr", fake_pamr)
+    monkeypatch.setattr(pamr_module, "pamr", fake_pamr)  # what pamr_kept_channels calls
     torch.manual_seed(1)
     net = AESIPENet(3, "mobilenet_v2", no_pretrained=True, ae_variant=variant, pamr_iters=7)
     image, labels = torch.randn(1, 3, 64, 64), torch.tensor([[1.0, 0.0, 1.0]])
@@ -150,7 +154,8 @@ def test_table3_variant_runs_its_step_sequence(variant, monkeypatch):
                         "pr_is_pamr_pr_is": ("pr_is", "pamr", "pr_is"),
                         "pamr_pr_is_pr_is": ("pamr", "pr_is", "pr_is")}[variant]
     assert net.program == expected_program
-    assert calls == [((1, 3, 16, 16), 7)] * expected_program.count("pamr")  # image at 1/4 size
+    # image at 1/4 size; background + the 2 tagged classes of 4 channels refined
+    assert calls == [((1, 3, 16, 16), 3, 7)] * expected_program.count("pamr")
     calls.clear()
     assert torch.allclose(out["aeiscam"], _manual_pipeline(net, image, expected_program, labels), atol=1e-6)
 

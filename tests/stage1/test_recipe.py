@@ -73,5 +73,5 @@ def test_ae_resize_round_trip_is_exact_with_align_corners(corners, exact):
     net = AESIPENet(3, backbone="mobilenet_v2", no_pretrained=True, bn="train", pamr_iters=0,
                     pamr_backend="reference", ae_align_corners=corners)
     ramp = torch.linspace(0, 1, 13).view(1, 1, 1, 13).expand(1, 4, 9, 13).contiguous()
-    refined = net._refine_with_pamr(torch.randn(1, 3, 9 * 16, 13 * 16), ramp)
+    refined = net._refine_with_pamr(torch.randn(1, 3, 9 * 16, 13 * 16), ramp, torch.ones(1, 4, 1, 1))
     assert torch.allclose(refined, ramp, atol=1e-5) is exact
