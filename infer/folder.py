@@ -167,10 +167,10 @@ def _run(job: LabelJob, todo: list[InputImage], overlays: list[InputImage], time
             if isinstance(result, str):
                 record(image, {"status": "failed", "reason": result})
                 continue
-            bucket = buckets[result.shape_key]
+            bucket = buckets[result.batch_key]
             bucket.append((image, result))
             if len(bucket) >= opts.batch_size:
-                run(buckets.pop(result.shape_key))
+                run(buckets.pop(result.batch_key))
             elif sum(len(b) for b in buckets.values()) > window:
                 run(buckets.pop(max(buckets, key=lambda k: len(buckets[k]))))
         for key in list(buckets):

@@ -203,7 +203,7 @@ class LabelActor:
                 rgb = row["rgb"] if row["rgb"].flags.writeable else row["rgb"].copy()  # the CRF writes into it
                 decoded = DecodedImage(rgb, tuple(int(s) for s in row["size"]))
                 item = job.labeler.prepare(decoded, row["tags"] if job.info.needs_tags else None)
-                buckets[item.shape_key].append((image, item))
+                buckets[item.batch_key].append((image, item))
         for bucket in buckets.values():  # images are batched only with images of their padded size, as locally
             for start in range(0, len(bucket), job.options.batch_size):
                 self._label(bucket[start:start + job.options.batch_size], records, seconds)

@@ -228,3 +228,24 @@ def test_cvat_refuses_a_palette_that_repeats_a_colour():
     palette = np.array([[0, 0, 0], [10, 20, 30], [10, 20, 30]], np.uint8)
     with pytest.raises(UserError, match="'cat' and 'dog' share the colour"):
         check_cvat_palette(("background", "cat", "dog"), palette)
+
+
+def test_pseudo_labeller_batches_only_images_with_the_same_tags(pl_onnx, scenes):
+    rgb = np.asarray(Image.open(scenes / "street" / "one.png"))
+    pseudo = Labeler(pl_onnx)
+    calls = []
+    run = pseudo.backend.run
+
+    def recording_run(image, tags, want):
+        calls.append(tags.copy())
+        return run(image, tags, want)
+
+    pseudo.backend.run = recording_run
+    tags = [["cat"], ["dog"], ["cat"], ["cat", "dog"], ["dog"]]
+    many = pseudo.label_many([rgb] * len(tags), tags=tags, batch_size=4)
+    # Same size, so a segmenter would make one call of 4 and one of 1; mixed tags would make the graph
+    # refine their union (more PAMR work), so each call holds one tag set.
+    assert sorted(len(c) for c in calls) == [1, 2, 2]
+    assert all((c == c[:1]).all() for c in calls)
+    calls.clear()
+    assert all((m == pseudo.label(rgb, tags=t)).all() for m, t in zip(many, tags))
