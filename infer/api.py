@@ -318,8 +318,9 @@ class Labeler:
 
     def label_many(self, images: Sequence[np.ndarray | str | Path], tags: Sequence | None = None,
                    batch_size: int = 4, return_scores: bool = False) -> list:
-        """Label a list of images (``tags``: one entry per image for a pseudo-labeller); same-size images share
-        a model call, ``batch_size`` at a time. Returns what ``label`` returns, per image, in order."""
+        """Label a list of images (``tags``: one entry per image for a pseudo-labeller); same-size images (and
+        for a pseudo-labeller same tags) share a model call, ``batch_size`` at a time. Returns what ``label``
+        returns, per image, in order."""
         if tags is not None and len(tags) != len(images):
             raise UserError(f"tags must have one entry per image: {len(tags)} for {len(images)} images")
         results: list = [None] * len(images)

@@ -40,7 +40,8 @@ def label(
     tags: Annotated[Optional[Path], typer.Option(help="CSV 'image,labels' (class names); required by "
                                                       "pseudo-labellers.")] = None,
     crf: Annotated[bool, typer.Option(help="Refine with a dense CRF (pip install 'aesipe[crf]').")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per model call (same-size images batch together).")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Images per model call (same-size images batch together; "
+                                                 "a pseudo-labeller's also need the same tags).")] = 4,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (that GPU).")] = "auto",
     half: Annotated[bool, typer.Option(help="Require a float16 model (export with --half).")] = False,
     scales: Annotated[str, typer.Option(help="Segmenters: test-time scales, e.g. 1.0,0.75 (scores are fused); "
