@@ -204,7 +204,7 @@ class LabelActor:
                 decoded = DecodedImage(rgb, tuple(int(s) for s in row["size"]))
                 item = job.labeler.prepare(decoded, row["tags"] if job.info.needs_tags else None)
                 buckets[item.batch_key].append((image, item))
-        for bucket in buckets.values():  # images are batched only with images of their padded size, as locally
+        for bucket in buckets.values():  # batched only with images of the same batch_key, as locally
             for start in range(0, len(bucket), job.options.batch_size):
                 self._label(bucket[start:start + job.options.batch_size], records, seconds)
         rels = [str(r["rel"]) for r in rows]

@@ -164,7 +164,7 @@ def pamr_kept_channels(
     ``mask``: PAMR refines every channel on its own, linearly, so a zero channel stays zero. Stage-1
     maps are zero outside the image's tags, so an image with 2 tags of 20 classes refines 3 channels,
     not 21: in the exported pseudo-labeller PAMR is most of the work, and its standard-op form costs
-    in proportion to the channels (benchmarks/RESULTS.md, "Pseudo-labeller").
+    in proportion to the channels (benchmarks/RESULTS.md, "Pseudo-labeller speed").
     """
     index = (keep > 0).any(dim=0).nonzero().squeeze(1)
     kept = pamr(image, mask.index_select(1, index), num_iter, dilations, backend)

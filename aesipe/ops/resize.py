@@ -5,7 +5,7 @@
 ``torch.onnx.export`` runs it records ``bicubic_by_gathers`` instead, the same arithmetic to float
 rounding (tested): torch's bicubic exports as one ONNX ``Resize`` (cubic), which ONNX Runtime's CPU
 provider runs slowly -- in the exported pseudo-labeller the image's resizes to scales 1.5 and 2.0 took
-~160 of ~810 ms per MSRC photo (benchmarks/RESULTS.md, "Pseudo-labeller"). The gather form is four
+~160 ms of ~1 s per MSRC photo (benchmarks/RESULTS.md, "Pseudo-labeller speed"). The gather form is four
 ``Gather``s along one axis and a weighted sum per pass (linear in the output size; a dense interpolation
 matrix would be quadratic). Eagerly and under ``torch.jit.trace`` torch's own kernel stays: it is fast
 there, and the gather form's output size is Python arithmetic that a trace would freeze.
