@@ -12,11 +12,9 @@ from aesipe.ops.resize import bicubic_by_gathers, resize_bicubic
 TOLERANCE = 5e-5
 
 
-@pytest.mark.parametrize("size", [(213, 320), (37, 51), (5, 7), (2, 9)])
+@pytest.mark.parametrize("size", [(213, 320), (37, 51), (5, 7), (4, 9)])  # 4 x 0.3: one output row
 @pytest.mark.parametrize("scale", [0.5, 0.75, 1.25, 1.5, 2.0, 0.3])
 def test_matches_torch_bicubic(size, scale):
-    if min(int(s * scale) for s in size) < 1:
-        pytest.skip("empty output")
     image = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1))
     expected = F.interpolate(image, scale_factor=scale, mode="bicubic", align_corners=False)
     out = bicubic_by_gathers(image, scale)
