@@ -105,7 +105,7 @@ def test_masks_are_valid_for_the_other_engine(ray_session, seg_onnx, photo_folde
 def _dying_actor(flag: Path, log: Path, times: int):
     """A LabelActor whose process exits while writing sub/c.JPG, the first ``times`` times (counted in
     ``flag``); ``log`` gets a line per mask really written. Defined here, so Ray pickles it by value."""
-    from aesipe.infer.ray_engine import LabelActor
+    from aesipe.infer.ray_workers import LabelActor
 
     class Dying(LabelActor):
         def write(self, image, item, outputs):
@@ -139,7 +139,8 @@ def test_a_dying_actor_is_retried_without_losing_or_redoing_masks(ray_session, s
 @pytest.mark.slow
 def test_an_image_that_always_kills_its_actor_fails_alone(ray_session, seg_onnx, photo_folder, tmp_path):
     from aesipe.infer.job import LabelOptions
-    from aesipe.infer.ray_engine import TRIES_PER_IMAGE, label_folder_ray
+    from aesipe.infer.ray_engine import label_folder_ray
+    from aesipe.infer.ray_workers import TRIES_PER_IMAGE
 
     report = label_folder_ray(seg_onnx, photo_folder, tmp_path / "ray", LabelOptions(batch_size=4), False, lambda m: None,
                               actors=2, actor_cls=_dying_actor(tmp_path / "deaths", tmp_path / "log", times=99))
@@ -148,6 +149,52 @@ def test_an_image_that_always_kills_its_actor_fails_alone(ray_session, seg_onnx,
     assert reason == f"the labelling process died on it {TRIES_PER_IMAGE} times"
     again = _local(seg_onnx, photo_folder, tmp_path / "ray")  # the others are kept; the re-run does only that one
     assert again.summary["resumed"] == 4 and again.ok == 5
+
+
+def _dying_decoder(flag: Path, times: int):
+    """A decode task whose process exits while reading sub/c.JPG, the first ``times`` times (counted in ``flag``).
+    It patches the image reading in its worker process during the call: the journal the real ``decode`` keeps counts."""
+    from aesipe.infer import ray_workers
+    from aesipe.infer.job import LabelJob
+
+    def dying_decode(row, state):
+        original = LabelJob.prepare
+
+        def prepare(self, image):
+            deaths = int(flag.read_text()) if flag.exists() else 0
+            if image.rel.name == "c.JPG" and deaths < times:
+                flag.write_text(str(deaths + 1))
+                os._exit(1)
+            return original(self, image)
+
+        LabelJob.prepare = prepare  # for this call only: the worker process decodes other tests' images later
+        try:
+            return ray_workers.decode(row, state)
+        finally:
+            LabelJob.prepare = original
+
+    return dying_decode
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("times", [1, 99], ids=["once", "always"])
+def test_an_image_that_kills_its_decoder_is_retried_then_fails_alone(ray_session, seg_onnx, photo_folder, tmp_path, times):
+    from aesipe.infer.job import LabelOptions
+    from aesipe.infer.ray_engine import label_folder_ray
+    from aesipe.infer.ray_workers import TRIES_PER_IMAGE
+
+    flag, out = tmp_path / "deaths", tmp_path / "ray"
+    report = label_folder_ray(seg_onnx, photo_folder, out, LabelOptions(batch_size=2), False, lambda m: None,
+                              actors=2, decode_fn=_dying_decoder(flag, times))
+    if times == 1:  # the retry decodes it: nothing lost
+        assert flag.read_text() == "1" and report.ok == 5 and report.failed == 0 and report.exit_code == 0
+        _local(seg_onnx, photo_folder, tmp_path / "local")
+        assert _same(_outputs(tmp_path / "local"), _outputs(out))
+    else:
+        assert flag.read_text() == str(TRIES_PER_IMAGE)
+        assert report.ok == 4 and report.failed == 1 and report.exit_code == 1
+        assert report.images["sub/c.JPG"]["reason"] == f"the decoding process died on it {TRIES_PER_IMAGE} times"
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no journal left
 
 
 def test_the_cli_engine_options(ray_session, seg_onnx, photo_folder, tmp_path):
