@@ -1,6 +1,6 @@
 """Every synthetic-data benchmark in one command (``make bench``): each prints its own table.
 
-    python benchmarks/run_all.py [--only pamr,pamr_onnx,random_walk,label] [--full]
+    python benchmarks/run_all.py [--only pamr,pamr_onnx,random_walk,label,eager_inference] [--full]
 
 By default each benchmark runs at a size that finishes in a few minutes on 2 CPU cores; ``--full`` runs the
 sizes recorded in benchmarks/RESULTS.md. The load average is printed before and after each one: on a shared
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "pamr_onnx": (["bench_pamr_onnx.py", "--quick"], ["bench_pamr_onnx.py"]),
     "random_walk": (["bench_random_walk.py", "--dense-max-pixels", "1024"], ["bench_random_walk.py"]),
     "label": (["bench_label.py", "--images", "12", "--ray-actors", ""], ["bench_label.py", "--images", "48"]),
+    "eager_inference": (["bench_eager_inference.py", "--images", "3"], ["bench_eager_inference.py", "--images", "12"]),
 }
 
 

@@ -24,6 +24,7 @@ import torch
 from aesipe.config import RunConfig, run_config_from_saved
 from aesipe.constants import IMAGENET_MEAN, IMAGENET_STD, PIXEL_SCALE
 from aesipe.models.aesipe_net import build_aesipe
+from aesipe.models.inference import for_inference
 from aesipe.models.pseudo_maps import CamSettings, fused_maps
 from aesipe.pseudo_labels import keep_image_classes, max_normalise
 from aesipe.utils.atomic import atomic_save
@@ -114,7 +115,7 @@ def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path |
     if list(ds.class_names) != class_names:
         raise UserError(f"the checkpoint's classes {class_names} differ from the dataset's {list(ds.class_names)}")
     device = engine.select_device(cfg.runtime.device)
-    model.to(device)
+    model = for_inference(model).to(device)
     out_dir = cam_dir(cfg, split)
     save_run_config(cfg)
     prepare_output_dir(out_dir, cam_folder_settings(cfg, path), "*.npz")

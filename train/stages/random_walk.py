@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from aesipe.config import RandomWalkConfig, RunConfig
+from aesipe.models.inference import for_inference
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import save_label_png
 
@@ -88,7 +89,7 @@ def make_seg_labels(cfg: RunConfig, split: str | None = None, progress: bool = T
     cams = cam_paths(cfg, ds, split)
     model, trained = load_irn(cfg)
     device = engine.select_device(cfg.runtime.device)
-    model.to(device)
+    model = for_inference(model).to(device)
     pad_to = trained.irn.crop_size if cfg.random_walk.pad_to_crop else None
     out_dir = seg_label_dir(cfg, split)
     save_run_config(cfg)

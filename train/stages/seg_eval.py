@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from aesipe import crf as crf_ops
 from aesipe.config import RunConfig
+from aesipe.models.inference import for_inference
 from aesipe.utils.atomic import atomic_write_text
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png
@@ -83,7 +84,7 @@ def evaluate_segmenter(
     if list(ds.class_names) != class_names:
         raise UserError(f"the segmenter's classes {class_names} differ from the dataset's {list(ds.class_names)}")
     device = engine.select_device(cfg.runtime.device)
-    model.to(device)
+    model = for_inference(model).to(device)
     save_run_config(cfg)
     matrix = ConfusionMatrix(ds.class_names)
     for image_id in tqdm(ds.ids, desc=f"eval-seg {split}", disable=not progress, dynamic_ncols=True):
