@@ -15,7 +15,6 @@ background scaling. Neither is computed unless asked for.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -23,52 +22,14 @@ import cv2
 import numpy as np
 
 from aesipe import crf as crf_ops
-from aesipe import pseudo_labels as rule
 from aesipe.config import CrfConfig
 from aesipe.utils.errors import UserError
 
-from . import postprocess, tiling
+from . import tiling
+from .finish import finish_scored
 from .io import DEFAULT_MAX_SIDE, DecodedImage, ImageReadError, read_image
+from .items import Labelled, Prepared
 from .session import open_backend
-
-
-@dataclass
-class Prepared:
-    """One image made ready for the graph (built in a worker thread)."""
-
-    decoded: DecodedImage
-    tags: np.ndarray | None
-    variants: list[tuple[float, bool, np.ndarray]] = field(default_factory=list)
-    """(scale, flipped, padded float32 [3, Hp, Wp]) per test-time variant; the first is (1.0, False)."""
-    confidence: bool = False
-    """``finish_scored`` also returns the confidence map (the graph's scores are fetched for it)."""
-    probabilities: bool = False
-    """``finish_scored`` also returns the per-class probabilities at the image's size."""
-    tiled: bool = False
-    """Run tile by tile inside ``run_batch`` (``tiling.py``); ``variants`` stays empty."""
-
-    @property
-    def batch_key(self) -> tuple:
-        """Images share a model call only when their keys are equal: same padded sizes and, for a
-        pseudo-labeller, the same tags (its graph refines the union of a batch's tags with PAMR, so a
-        batch of mixed tags does more work: MSRC val at batch 4 took ~10 % longer than at batch 1)."""
-        if self.tiled:
-            return ("tiles",)
-        shapes = tuple(v[2].shape for v in self.variants)
-        return shapes if self.tags is None else (shapes, self.tags.tobytes())
-
-
-@dataclass
-class Labelled:
-    """One image's result at its original size."""
-
-    labels: np.ndarray
-    """uint8 H x W label values."""
-    confidence: np.ndarray | None = None
-    """uint8 H x W: round(255 x the probability of the written class), when asked for (a full-size float map
-    of a 24-megapixel photo would take 96 MB)."""
-    probabilities: np.ndarray | None = None
-    """float32 [1 + C, H, W] (when asked for; a pseudo-labeller's classes not in the image's tags are 0)."""
 
 
 class Labeler:
@@ -240,60 +201,7 @@ class Labeler:
 
     def finish_scored(self, item: Prepared, outputs: list) -> Labelled:
         """Model outputs of one image -> its labels, with the confidence/probabilities it was prepared for."""
-        if item.tiled:
-            return outputs[0]
-        if outputs[0].ndim == 2:  # labels fetched directly: single pass at full size, nothing else asked
-            return Labelled(np.ascontiguousarray(outputs[0], dtype=np.uint8))
-        work_h, work_w = item.decoded.rgb.shape[:2]
-        maps = []
-        for (_, flipped, _), scores in zip(item.variants, outputs):
-            scores = scores[..., ::-1] if flipped else scores
-            maps.append(postprocess.resize_bilinear(scores, work_h, work_w))
-        if self.info.needs_tags:
-            return self._finish_pseudo(item, maps)
-        return self._finish_segmenter(item, np.sum(np.stack(maps), axis=0, dtype=np.float32), len(maps))
-
-    def _finish_segmenter(self, item: Prepared, logits: np.ndarray, passes: int) -> Labelled:
-        height, width = item.decoded.original_size
-        mean = logits / np.float32(passes)  # confidence: the softmax of the variants' mean logits
-        probs = None
-        if self.crf:  # unchanged unary: the softmax of the summed logits
-            unary = postprocess.probabilities(logits, self.keep)
-            work = crf_ops.crf_from_probabilities(item.decoded.rgb, unary, self.crf_config).astype(np.uint8)
-            labels = postprocess.resize_labels_nearest(work, height, width)
-            confidence = None
-            if item.confidence:
-                confidence = postprocess.chosen_probability(postprocess.probabilities(mean, self.keep), work,
-                                                            height, width)
-        elif item.confidence or self.keep is not None:
-            labels, confidence = postprocess.decide_logits(postprocess.resized_channel(mean, height, width), len(mean),
-                                                           self.keep, item.confidence)
-        else:
-            labels, confidence = postprocess.argmax_resized(logits, height, width), None
-        if item.probabilities:
-            probs = postprocess.probabilities(postprocess.resize_bilinear(mean, height, width), self.keep)
-        return Labelled(labels, None if confidence is None else postprocess.to_u8(confidence), probs)
-
-    def _finish_pseudo(self, item: Prepared, maps: list[np.ndarray]) -> Labelled:
-        height, width = item.decoded.original_size
-        classes, kept = rule.keep_image_classes(rule.fuse(maps), item.tags)
-        scaled = rule.scale_background(kept, self.info.background_scale)
-        confidence = probs = None
-        if self.crf:
-            work = crf_ops.label_crf(item.decoded.rgb, kept, classes, self.crf_config, self.info.background_scale)
-            labels = postprocess.resize_labels_nearest(work.astype(np.uint8), height, width)
-            if item.confidence:  # the share of the class the CRF chose (classes are sorted label values)
-                index = np.searchsorted(classes, work)
-                confidence = postprocess.chosen_probability(postprocess.ratios(scaled), index, height, width)
-        elif item.confidence:
-            labels, confidence = postprocess.decide_ratio(postprocess.resized_channel(scaled, height, width), classes,
-                                                          True)
-        else:
-            labels = classes.astype(np.uint8)[postprocess.argmax_resized(scaled, height, width)]
-        if item.probabilities:
-            probs = np.zeros((self.info.num_classes + 1, height, width), dtype=np.float32)
-            probs[classes] = postprocess.ratios(postprocess.resize_bilinear(scaled, height, width))
-        return Labelled(labels, None if confidence is None else postprocess.to_u8(confidence), probs)
+        return finish_scored(self, item, outputs)
 
     # -- convenience ----------------------------------------------------------------------------------
     def _decode(self, image: np.ndarray | str | Path) -> DecodedImage:

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from aesipe.utils.errors import UserError
 
-from .api import Prepared
 from .inputs import InputImage
+from .items import Prepared
 from .job import LabelJob, LabelOptions, default_workers, run_batch_or_singles
 from .report import Report
 

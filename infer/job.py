@@ -28,9 +28,10 @@ from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png, save_label_png
 
 from . import fingerprint, outputs, tiling
-from .api import Labeler, Prepared
+from .api import Labeler
 from .inputs import InputImage, output_names, resolve_inputs
 from .io import DEFAULT_MAX_SIDE, ImageReadError, read_image
+from .items import Prepared
 from .report import REPORT_NAME, Report, confidence_record, mask_record
 
 FAILURES_SHOWN = 5

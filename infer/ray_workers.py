@@ -16,9 +16,9 @@ import numpy as np
 from aesipe.tags import read_tags_csv
 
 from . import fingerprint
-from .api import Prepared
 from .inputs import InputImage
 from .io import DecodedImage
+from .items import Prepared
 from .job import LabelJob, labeler_for, run_batch_or_singles
 from .report import REPORT_NAME, Report
 

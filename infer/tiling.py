@@ -25,7 +25,8 @@ from aesipe.utils.errors import UserError
 from . import postprocess
 
 if TYPE_CHECKING:
-    from .api import Labeler, Labelled, Prepared
+    from .api import Labeler
+    from .items import Labelled, Prepared
 
 DEFAULT_OVERLAP = 1 / 3
 MIN_TILE = 32
@@ -73,7 +74,7 @@ def needs_tiles(labeler: "Labeler", size: tuple[int, int]) -> bool:
 
 def label_tiled(labeler: "Labeler", item: "Prepared") -> "Labelled":
     """Labels (and confidence/probabilities if the item asks) of a segmenter, tile by tile."""
-    from .api import Labelled
+    from .items import Labelled
 
     rgb = item.decoded.rgb
     height, width = rgb.shape[:2]
