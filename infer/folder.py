@@ -25,7 +25,8 @@ from aesipe.utils.errors import UserError
 
 from .inputs import InputImage
 from .items import Prepared
-from .job import LabelJob, LabelOptions, default_workers, run_batch_or_singles
+from .job import LabelJob, default_workers, run_batch_or_singles
+from .options import LabelOptions
 from .report import Report
 
 REPORT_EVERY_S = 10.0

@@ -38,7 +38,8 @@ from tqdm import tqdm
 from aesipe.utils.errors import UserError
 
 from .inputs import InputImage
-from .job import LabelJob, LabelOptions
+from .job import LabelJob
+from .options import LabelOptions
 from .ray_workers import TRIES_PER_IMAGE, LabelActor, decode
 from .report import Report
 from .session import parse_device

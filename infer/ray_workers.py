@@ -19,7 +19,8 @@ from . import fingerprint
 from .inputs import InputImage
 from .io import DecodedImage
 from .items import Prepared
-from .job import LabelJob, labeler_for, run_batch_or_singles
+from .job import LabelJob, run_batch_or_singles
+from .options import labeler_for
 from .report import REPORT_NAME, Report
 
 TRIES_PER_IMAGE = 3

@@ -123,7 +123,7 @@ def _dying_actor(flag: Path, log: Path, times: int):
 
 @pytest.mark.slow
 def test_a_dying_actor_is_retried_without_losing_or_redoing_masks(ray_session, seg_onnx, photo_folder, tmp_path):
-    from aesipe.infer.job import LabelOptions
+    from aesipe.infer.options import LabelOptions
     from aesipe.infer.ray_engine import label_folder_ray
 
     _local(seg_onnx, photo_folder, tmp_path / "local")
@@ -138,7 +138,7 @@ def test_a_dying_actor_is_retried_without_losing_or_redoing_masks(ray_session, s
 
 @pytest.mark.slow
 def test_an_image_that_always_kills_its_actor_fails_alone(ray_session, seg_onnx, photo_folder, tmp_path):
-    from aesipe.infer.job import LabelOptions
+    from aesipe.infer.options import LabelOptions
     from aesipe.infer.ray_engine import label_folder_ray
     from aesipe.infer.ray_workers import TRIES_PER_IMAGE
 
@@ -179,7 +179,7 @@ def _dying_decoder(flag: Path, times: int):
 @pytest.mark.slow
 @pytest.mark.parametrize("times", [1, 99], ids=["once", "always"])
 def test_an_image_that_kills_its_decoder_is_retried_then_fails_alone(ray_session, seg_onnx, photo_folder, tmp_path, times):
-    from aesipe.infer.job import LabelOptions
+    from aesipe.infer.options import LabelOptions
     from aesipe.infer.ray_engine import label_folder_ray
     from aesipe.infer.ray_workers import TRIES_PER_IMAGE
 

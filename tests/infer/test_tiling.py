@@ -111,7 +111,8 @@ def test_tiling_joins_the_fingerprint(seg_onnx, photo_folder, tmp_path):
 _PEAK = """
 import json, sys
 from pathlib import Path
-from aesipe.infer.job import LabelJob, LabelOptions
+from aesipe.infer.job import LabelJob
+from aesipe.infer.options import LabelOptions
 
 def status(key):
     return next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith(key))
