@@ -1,12 +1,15 @@
 """int8 exports: ONNX Runtime's static quantisation (QDQ format) on calibration images from the run.
 
 The float32 file is exported and checked against PyTorch first; it is then quantised with
-``onnxruntime.quantization.quantize_static`` (per-channel int8 weights, int8 activations, MinMax ranges
-from calibration images prepared exactly as ``aesipe-label`` prepares them) and the int8 file is judged
+``onnxruntime.quantization.quantize_static`` (per-channel int8 weights with 7-bit range, uint8 activations,
+MinMax ranges from calibration images prepared exactly as ``aesipe-label`` prepares them) and the int8 file is judged
 against the float32 one through ``aesipe.infer.Labeler`` on held-out images: the share of pixels whose
 label agrees, and, where the images have masks, the mIoU of both. Below ``min_agreement`` the export
 fails and writes nothing. int8 pays where ONNX Runtime has int8 kernels for the hot ops (convolutions on
-x86 CPUs); the metadata says ``precision: int8`` and carries the measured agreement.
+x86 CPUs). uint8 activations with int8 weights is the pairing its x86 kernels run fast on CPUs without VNNI
+(AVX2's ``vpmaddubsw`` multiplies u8 by s8; 7-bit weights keep its 16-bit sums from saturating): int8
+activations gave no speed-up over float32 on a 2-core AVX2 EPYC, this pairing 1.48x (benchmarks/RESULTS.md).
+The metadata says ``precision: int8`` and carries the measured agreement.
 """
 from __future__ import annotations
 
@@ -142,8 +145,8 @@ def quantise(float32_file: Path, out_file: Path, calibration: list[Sample], log:
         prepare_for_quantisation(quantization, float32_file, prepared, log)
         quantization.quantize_static(
             str(prepared), str(out_file), _Reader(labeler, calibration), quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True, activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
-            calibrate_method=quantization.CalibrationMethod.MinMax,
+            per_channel=True, activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+            reduce_range=True, calibrate_method=quantization.CalibrationMethod.MinMax,
         )
 
 
