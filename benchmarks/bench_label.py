@@ -1,6 +1,7 @@
 """Labelling speed: `aesipe-label` (ONNX Runtime, overlapped pipeline; local and Ray engines) vs plain loops.
 
     python benchmarks/bench_label.py [--images 48] [--checkpoint seg/final.pt] [--work DIR] [--ray-actors 1,2]
+                                     [--int8-model segmenter_int8.onnx] [--rounds 1]
 
 Same model (DeepLabV3-MobileNetV2: random init unless --checkpoint), same folder of synthetic 500x375
 JPEGs, same output (palette PNGs). Each contender runs in its own process, one after the other, in this one
@@ -16,6 +17,8 @@ invocation (compare rows of one run: the load of a shared machine moves between 
   not the sum over the actors.
 - same masks: bit-for-bit equal to the local engine's.
 The plain ONNX Runtime loop is examples/ort_client.py's pre-processing, one image at a time, default threads.
+``--int8-model`` (an `aesipe-export --int8` file of the same checkpoint) adds an aesipe-label row for it (its
+"same masks" counts masks equal to the float32 file's); ``--rounds N`` runs the contenders N times, alternating.
 """
 from __future__ import annotations
 
@@ -131,6 +134,17 @@ def same_masks(out: Path, reference: Path) -> str:
     return f"{same}/{len(names)}"
 
 
+def pixel_agreement(out: Path, reference: Path) -> float:
+    from aesipe.utils.labelpng import load_label_png
+
+    same = total = 0
+    for path in sorted(reference.glob("*.png")):
+        want = load_label_png(path)
+        got = load_label_png(out / path.name) if (out / path.name).is_file() else np.full_like(want, 255)
+        same, total = same + int((got == want).sum()), total + want.size
+    return same / max(total, 1)
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -162,6 +176,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "aesipe_bench_label")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--ray-actors", default="1,2", help="actor counts of the Ray rows ('' for none)")
+    parser.add_argument("--int8-model", type=Path, help="an int8 export of the same checkpoint: one more aesipe-label row")
+    parser.add_argument("--rounds", type=int, default=1, help="run the contenders this many times, alternating")
     parser.add_argument("--eager-worker", nargs=3, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ort-worker", nargs=3, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prepare-worker", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -198,38 +214,51 @@ def main() -> None:
                 "summary": summary}
 
     me = [sys.executable, __file__]
-    eager = contender("eager PyTorch loop", me + ["--eager-worker", str(checkpoint), str(folder), f"{work}/eager_out"],
-                      work / "eager_out", label_run=False)
-    plain = contender("plain ONNX Runtime loop", me + ["--ort-worker", str(model), str(folder), f"{work}/ort_out"],
-                      work / "ort_out", label_run=False)
     label = [str(Path(sys.executable).with_name("aesipe-label")), str(model), str(folder)]
     options = ["--overwrite", "--batch-size", str(args.batch_size)]
-    local = contender(f"aesipe-label, local engine, batch {args.batch_size}", label + [f"{work}/label_out"] + options,
-                      work / "label_out", label_run=True)
-    rows = [eager, plain, local]
-    for actors in [int(a) for a in args.ray_actors.split(",") if a.strip()]:
-        ray = ["--engine", "ray", "--actors", str(actors)]
-        row = contender("", label + [f"{work}/ray_out_{actors}"] + options + ray, work / f"ray_out_{actors}", label_run=True)
-        row["name"] = f"aesipe-label --engine ray, {actors} actor(s) x {row['summary']['ray']['threads']} thread(s)"
-        rows.append(row)
+    rounds = []
+    for _ in range(max(1, args.rounds)):
+        eager = contender("eager PyTorch loop", me + ["--eager-worker", str(checkpoint), str(folder), f"{work}/eager_out"],
+                          work / "eager_out", label_run=False)
+        plain = contender("plain ONNX Runtime loop", me + ["--ort-worker", str(model), str(folder), f"{work}/ort_out"],
+                          work / "ort_out", label_run=False)
+        local = contender(f"aesipe-label, local engine, batch {args.batch_size}", label + [f"{work}/label_out"] + options,
+                          work / "label_out", label_run=True)
+        rows = [eager, plain, local]
+        if args.int8_model:
+            int8 = [label[0], str(args.int8_model), str(folder), f"{work}/int8_out"] + options
+            rows.append(contender(f"aesipe-label, int8 file, batch {args.batch_size}", int8, work / "int8_out", label_run=True))
+        for actors in [int(a) for a in args.ray_actors.split(",") if a.strip()]:
+            ray = ["--engine", "ray", "--actors", str(actors)]
+            row = contender("", label + [f"{work}/ray_out_{actors}"] + options + ray, work / f"ray_out_{actors}", label_run=True)
+            row["name"] = f"aesipe-label --engine ray, {actors} actor(s) x {row['summary']['ray']['threads']} thread(s)"
+            rows.append(row)
+        rounds.append((rows, local, eager, plain))
     load_after = load_average()
 
-    print(f"\n{args.images} JPEGs 500x375, DeepLabV3-MobileNetV2 (21 classes), {platform.processor() or platform.machine()}, "
+    what = f"checkpoint {args.checkpoint}" if args.checkpoint else "random init, 21 classes"
+    print(f"\n{args.images} JPEGs 500x375, DeepLabV3-MobileNetV2 ({what}), {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}, load average (1, 5, 15 min) {load_before} before, "
           f"{load_after} after\n")
-    print("| contender | images/s | steady images/s | first mask s | Ray first result s | total wall s | peak RSS MiB | same masks |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        same = "reference" if r is local else same_masks(r["masks"], local["masks"])
-        ray_first = r["summary"].get("ray", {}).get("first_result_s")
-        print(f"| {r['name']} | {r['ips']:.2f} | {r['steady']:.2f} | {r['first']:.1f} | "
-              f"{'-' if ray_first is None else f'{ray_first:.1f}'} | "
-              f"{r['wall']:.1f} | {r['rss']:.0f} | {same} |")
-    print(f"\naesipe-label local vs eager PyTorch {local['ips'] / eager['ips']:.2f}x, vs plain ONNX Runtime "
-          f"{local['ips'] / plain['ips']:.2f}x (steady: {local['steady'] / plain['steady']:.2f}x)")
-    for r in rows[3:]:
-        print(f"{r['name']} vs local engine: {r['ips'] / local['ips']:.2f}x (steady: {r['steady'] / local['steady']:.2f}x)")
-    print(f"aesipe-label busy seconds per stage: {local['summary']['stage_busy_seconds']}")
+    print("| round | contender | images/s | steady images/s | first mask s | Ray first result s | total wall s "
+          "| peak RSS MiB | same masks |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for index, (rows, local, _, _) in enumerate(rounds, 1):
+        for r in rows:
+            same = "reference" if r is local else same_masks(r["masks"], local["masks"])
+            if "int8" in r["name"]:
+                same += f" ({pixel_agreement(r['masks'], local['masks']):.2%} of pixels)"
+            ray_first = r["summary"].get("ray", {}).get("first_result_s")
+            print(f"| {index} | {r['name']} | {r['ips']:.2f} | {r['steady']:.2f} | {r['first']:.1f} | "
+                  f"{'-' if ray_first is None else f'{ray_first:.1f}'} | "
+                  f"{r['wall']:.1f} | {r['rss']:.0f} | {same} |")
+    for index, (rows, local, eager, plain) in enumerate(rounds, 1):
+        print(f"\nround {index}: aesipe-label local vs eager PyTorch {local['ips'] / eager['ips']:.2f}x, vs plain ONNX "
+              f"Runtime {local['ips'] / plain['ips']:.2f}x (steady: {local['steady'] / plain['steady']:.2f}x)")
+        for r in rows[3:]:
+            print(f"round {index}: {r['name']} vs the plain ONNX Runtime loop: {r['ips'] / plain['ips']:.2f}x, vs local "
+                  f"engine: {r['ips'] / local['ips']:.2f}x (steady: {r['steady'] / local['steady']:.2f}x)")
+    print(f"aesipe-label busy seconds per stage (last round): {rounds[-1][1]['summary']['stage_busy_seconds']}")
 
 if __name__ == "__main__":
     main()
