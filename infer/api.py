@@ -50,7 +50,8 @@ class Labeler:
         self.backend = open_backend(model_path, device=device, providers=providers, threads=threads)
         self.info = self.backend.info
         if half and self.info.precision != "float16":
-            raise UserError("this file computes in float32: export it with `aesipe-export --half` for float16")
+            raise UserError(f"this file computes in {self.info.precision}: export it with `aesipe-export --half` "
+                            "for float16")
         if crf and not crf_ops.crf_available():
             raise UserError(f"--crf needs pydensecrf: {crf_ops.INSTALL_HINT}")
         self.graph_test_time = self.info.output.get("test_time")

@@ -45,6 +45,8 @@ def test_int8_export_is_quantised_and_judged(tmp_path, calibration):
     record = json.loads(labeler.info.raw["quantization"])
     assert labeler.info.precision == "int8" and record["check_images"] == 4 and record["label_agreement"] >= 0.95
     assert any("int8 vs float32 on 4 held-out images" in line for line in logs)
+    with pytest.raises(UserError, match="this file computes in int8"):  # --half on it names what it is
+        Labeler(path, half=True)
     assert labeler.label(tiny.smooth_rgb(40, 56)).shape == (40, 56)
 
 
