@@ -60,15 +60,17 @@ def exported_runs(tiny_config, tiny_data, tmp_path_factory):
         train_stage1(cfg)
         make_cams(cfg, "train", progress=False)
         runs[pamr] = (cfg, base / "pl.onnx", base)
-    fused_cfg, fused_model, _ = runs["fused"]
-    child = subprocess.Popen([sys.executable, "-c", "from aesipe.export.cli import main; main()", str(fused_cfg.run_dir),
-                              str(fused_model), "--what", "pseudo-labeller"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        export_model(runs["off"][0].run_dir, runs["off"][1], what="pseudo_labeller", log=lambda line: None)
-    finally:
-        output, _ = child.communicate()
-    assert child.returncode == 0, output
+    fused_cfg, fused_model, fused_base = runs["fused"]
+    log = fused_base / "export.log"  # a file, not a pipe: a full pipe would stall the child until we read it
+    with open(log, "w") as handle:
+        child = subprocess.Popen([sys.executable, "-c", "from aesipe.export.cli import main; main()",
+                                  str(fused_cfg.run_dir), str(fused_model), "--what", "pseudo-labeller"],
+                                 stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            export_model(runs["off"][0].run_dir, runs["off"][1], what="pseudo_labeller", log=lambda line: None)
+        finally:
+            child.wait()
+    assert child.returncode == 0, log.read_text()[-3000:]
     return runs
 
 
