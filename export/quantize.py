@@ -13,6 +13,7 @@ The metadata says ``precision: int8`` and carries the measured agreement.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -125,12 +126,16 @@ def prepare_for_quantisation(quantization, source: Path, target: Path, log: Call
     """ONNX Runtime's pre-processing (shape inference + graph optimisation) of ``source`` into ``target``.
 
     Its symbolic shape inference gives up on some graphs with dynamic sizes (a real DeepLabV3-MobileNetV2:
-    "Incomplete symbolic shape inference", a bare ``Exception``); ONNX's own shape inference is then used."""
-    try:
-        quantization.shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
-    except Exception as exc:  # noqa: BLE001 - ORT raises a plain Exception here
-        log(f"symbolic shape inference failed ({str(exc).splitlines()[0][:80]}); using ONNX shape inference")
-        quantization.shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+    "Incomplete symbolic shape inference", a bare ``Exception``); ONNX's own shape inference is then used.
+    It writes its temporary files (``sym_shape_infer_temp.onnx`` and a 20 MB ``<uuid>.data`` for that model)
+    into the current directory and leaves them when it fails, so it runs inside ``target``'s folder."""
+    source, target = Path(source).resolve(), Path(target).resolve()
+    with contextlib.chdir(target.parent):
+        try:
+            quantization.shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
+        except Exception as exc:  # noqa: BLE001 - ORT raises a plain Exception here
+            log(f"symbolic shape inference failed ({str(exc).splitlines()[0][:80]}); using ONNX shape inference")
+            quantization.shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
 
 
 def quantise(float32_file: Path, out_file: Path, calibration: list[Sample], log: Callable[[str], None]) -> None:
