@@ -94,7 +94,8 @@ def main() -> None:
         folded = for_inference(copy.deepcopy(model))
         seconds, diff = {"plain": 0.0, "folded": 0.0}, 0.0
         with torch.no_grad():
-            run(model, inputs[0]), run(folded, inputs[0])  # warm-up: first-call allocations
+            for net in (model, folded):  # warm-up: first-call allocations
+                run(net, inputs[0])
             for index, item in enumerate(inputs):
                 order = (("plain", model), ("folded", folded))
                 outputs = {}

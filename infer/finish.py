@@ -36,6 +36,7 @@ def finish_scored(labeler: Labeler, item: Prepared, outputs: list) -> Labelled:
         return _finish_pseudo(labeler, item, maps)
     return _finish_segmenter(labeler, item, np.sum(np.stack(maps), axis=0, dtype=np.float32), len(maps))
 
+
 def _finish_segmenter(labeler: Labeler, item: Prepared, logits: np.ndarray, passes: int) -> Labelled:
     height, width = item.decoded.original_size
     mean = logits / np.float32(passes)  # confidence: the softmax of the variants' mean logits
@@ -56,6 +57,7 @@ def _finish_segmenter(labeler: Labeler, item: Prepared, logits: np.ndarray, pass
     if item.probabilities:
         probs = postprocess.probabilities(postprocess.resize_bilinear(mean, height, width), labeler.keep)
     return Labelled(labels, None if confidence is None else postprocess.to_u8(confidence), probs)
+
 
 def _finish_pseudo(labeler: Labeler, item: Prepared, maps: list[np.ndarray]) -> Labelled:
     height, width = item.decoded.original_size
