@@ -1,11 +1,12 @@
 """Labelling speed: `aesipe-label` (ONNX Runtime, overlapped pipeline; local and Ray engines) vs plain loops.
 
     python benchmarks/bench_label.py [--images 48] [--checkpoint seg/final.pt] [--work DIR] [--ray-actors 1,2]
-                                     [--int8-model segmenter_int8.onnx] [--rounds 1]
+                                     [--int8-model segmenter_int8.onnx] [--rounds 1] [--folder PHOTOS]
 
 Same model (DeepLabV3-MobileNetV2: random init unless --checkpoint), same folder of synthetic 500x375
-JPEGs, same output (palette PNGs). Each contender runs in its own process, one after the other, in this one
-invocation (compare rows of one run: the load of a shared machine moves between runs). Columns:
+JPEGs (or the *.jpg of ``--folder``, e.g. real photos of mixed sizes), same output (palette PNGs). Each
+contender runs in its own process, one after the other, in this one invocation (compare rows of one run: the
+load of a shared machine moves between runs). Columns:
 - images/s: the contender's own labelling loop (model loading excluded; the total wall time includes it).
   The Ray rows (`--engine ray --actors N`, a fresh local Ray cluster of this machine's cores, needs
   `pip install 'aesipe[ray]'`) count from the dataset's start, so the actors' start-up is in it.
@@ -23,6 +24,7 @@ The plain ONNX Runtime loop is examples/ort_client.py's pre-processing, one imag
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -172,6 +174,7 @@ def mask_timing(folder: Path, launched: float) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--folder", type=Path, help="label this folder's *.jpg instead of --images synthetic JPEGs")
     parser.add_argument("--checkpoint", type=Path, help="a DeepLabV3 checkpoint (default: MobileNetV2 random init)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "aesipe_bench_label")
     parser.add_argument("--batch-size", type=int, default=1)
@@ -191,10 +194,16 @@ def main() -> None:
 
     work = args.work
     load_before = load_average()
-    folder = work / f"images_{args.images}"
-    make_folder(folder, args.images)
+    folder = args.folder or work / f"images_{args.images}"
+    if not args.folder:
+        make_folder(folder, args.images)
+    count = len(list(folder.glob("*.jpg")))
+    if not count or len(list(folder.iterdir())) != count:  # aesipe-label takes every image, the loops *.jpg
+        sys.exit(f"{folder}: the folder must hold *.jpg files and nothing else")
     checkpoint = args.checkpoint or work / "deeplabv3_mobilenet_v2_random.pt"
-    model = work / (checkpoint.stem + ".onnx")
+    # Named after the checkpoint's path and time: another checkpoint of the same file name never reuses its export.
+    stamp = f"{checkpoint.resolve()}:{checkpoint.stat().st_mtime_ns}" if checkpoint.exists() else "random"
+    model = work / f"{checkpoint.stem}_{hashlib.sha256(stamp.encode()).hexdigest()[:10]}.onnx"
     # In a child: Linux carries a parent's peak RSS into children it forks, so this process stays torch-free.
     subprocess.run([sys.executable, __file__, "--prepare-worker", str(checkpoint), str(model)], check=True)
 
@@ -237,7 +246,8 @@ def main() -> None:
     load_after = load_average()
 
     what = f"checkpoint {args.checkpoint}" if args.checkpoint else "random init, 21 classes"
-    print(f"\n{args.images} JPEGs 500x375, DeepLabV3-MobileNetV2 ({what}), {platform.processor() or platform.machine()}, "
+    photos = f"{count} JPEGs of {folder}" if args.folder else f"{count} JPEGs 500x375"
+    print(f"\n{photos}, DeepLabV3-MobileNetV2 ({what}), {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}, load average (1, 5, 15 min) {load_before} before, "
           f"{load_after} after\n")
     print("| round | contender | images/s | steady images/s | first mask s | Ray first result s | total wall s "
