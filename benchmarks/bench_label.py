@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -210,7 +211,8 @@ def main() -> None:
     def contender(name: str, cmd: list[str], out: Path, label_run: bool) -> dict:
         """Run one contender writing its masks under ``out``; aesipe-label's own figures come from its report."""
         masks = out / "masks" if label_run else out
-        masks.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)  # another folder's masks must not count (same names, other images)
+        masks.mkdir(parents=True)
         stdout, wall, rss, launched = run_measured(cmd)
         first, steady = mask_timing(masks, launched)
         if label_run:

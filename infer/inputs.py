@@ -35,10 +35,14 @@ def _is_under(path: Path, folders: list[Path]) -> bool:
 
 
 def _relative(path: Path, root: Path) -> PurePosixPath:
-    try:
-        return PurePosixPath(path.resolve().relative_to(root.resolve()).as_posix())
-    except ValueError:  # outside the root (an absolute path in a list): its path without the anchor
-        return PurePosixPath(*path.resolve().parts[1:])
+    """Where the image was found below the root, not where a symbolic link points: a folder of links into a
+    dataset names its masks after the links (``photos/a.jpg -> /data/x/a.jpg`` gives ``a.png``)."""
+    for found, base in ((os.path.abspath(path), os.path.abspath(root)), (path.resolve(), root.resolve())):
+        try:
+            return PurePosixPath(Path(found).relative_to(base).as_posix())
+        except ValueError:
+            continue
+    return PurePosixPath(*path.resolve().parts[1:])  # outside the root (an absolute path in a list): no anchor
 
 
 def _from_list(list_file: Path) -> tuple[Path, list[Path]]:

@@ -87,3 +87,24 @@ def test_listing_is_recursive_case_insensitive_and_ignores_other_files(photo_fol
     names = [p.as_posix() for p in list_images(photo_folder)]
     assert names == ["a.jpg", "b.png", "sub/c.JPG", "sub/d.webp", "sub/deeper/e.bmp"]
     assert [p.as_posix() for p in list_images(photo_folder / "a.jpg")] == ["a.jpg"]
+
+
+def test_images_are_named_where_they_are_found_not_where_links_point(tmp_path):
+    """A folder of symbolic links into a dataset (a split made of links) names its masks after the links."""
+    dataset = tmp_path / "dataset" / "JPEGImages"
+    dataset.mkdir(parents=True)
+    for name in ("x.jpg", "y.jpg"):
+        _save(dataset / name, Image.fromarray(smooth_rgb(8, 8)))
+    split = tmp_path / "val"
+    (split / "sub").mkdir(parents=True)
+    (split / "x.jpg").symlink_to(dataset / "x.jpg")
+    (split / "sub" / "y.jpg").symlink_to(dataset / "y.jpg")
+    assert [p.as_posix() for p in list_images(split)] == ["sub/y.jpg", "x.jpg"]
+    linked_root = tmp_path / "linked_val"  # the root itself reached through a link
+    linked_root.symlink_to(split)
+    assert [p.as_posix() for p in list_images(linked_root)] == ["sub/y.jpg", "x.jpg"]
+    listing = tmp_path / "val.txt"
+    listing.write_text("val/x.jpg\nval/sub/y.jpg\n")
+    from aesipe.infer.inputs import resolve_inputs
+
+    assert [i.rel.as_posix() for i in resolve_inputs(f"@{listing}")] == ["val/sub/y.jpg", "val/x.jpg"]
