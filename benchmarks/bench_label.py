@@ -202,8 +202,11 @@ def main() -> None:
     if not count or len(list(folder.iterdir())) != count:  # aesipe-label takes every image, the loops *.jpg
         sys.exit(f"{folder}: the folder must hold *.jpg files and nothing else")
     checkpoint = args.checkpoint or work / "deeplabv3_mobilenet_v2_random.pt"
-    # Named after the checkpoint's path and time: another checkpoint of the same file name never reuses its export.
-    stamp = f"{checkpoint.resolve()}:{checkpoint.stat().st_mtime_ns}" if checkpoint.exists() else "random"
+    if args.checkpoint and not checkpoint.is_file():
+        sys.exit(f"{checkpoint}: no such checkpoint")
+    # Named after the checkpoint's path and time: another checkpoint of the same file name never reuses its export
+    # (the default random one, made by the worker below, is always the same model).
+    stamp = f"{checkpoint.resolve()}:{checkpoint.stat().st_mtime_ns}" if args.checkpoint else "random"
     model = work / f"{checkpoint.stem}_{hashlib.sha256(stamp.encode()).hexdigest()[:10]}.onnx"
     # In a child: Linux carries a parent's peak RSS into children it forks, so this process stays torch-free.
     subprocess.run([sys.executable, __file__, "--prepare-worker", str(checkpoint), str(model)], check=True)
