@@ -1,7 +1,7 @@
 """Labelling speed: `aesipe-label` (ONNX Runtime, overlapped pipeline; local and Ray engines) vs plain loops.
 
     python benchmarks/bench_label.py [--images 48] [--checkpoint seg/final.pt] [--work DIR] [--ray-actors 1,2]
-                                     [--int8-model segmenter_int8.onnx] [--rounds 1] [--folder PHOTOS]
+                                     [--int8-model segmenter_int8.onnx] [--rounds 1] [--folder PHOTOS] [--one-stream]
 
 Same model (DeepLabV3-MobileNetV2: random init unless --checkpoint), same folder of synthetic 500x375
 JPEGs (or the *.jpg of ``--folder``, e.g. real photos of mixed sizes), same output (palette PNGs). Each
@@ -19,7 +19,9 @@ load of a shared machine moves between runs). Columns:
 - same masks: bit-for-bit equal to the local engine's.
 The plain ONNX Runtime loop is examples/ort_client.py's pre-processing, one image at a time, default threads.
 ``--int8-model`` (an `aesipe-export --int8` file of the same checkpoint) adds an aesipe-label row for it (its
-"same masks" counts masks equal to the float32 file's); ``--rounds N`` runs the contenders N times, alternating.
+"same masks" counts masks equal to the float32 file's); ``--rounds N`` runs the contenders N times, alternating;
+``--one-stream`` adds each aesipe-label row again with ``--streams 1`` (its default runs two model calls at once
+on a CPU of two cores or more).
 """
 from __future__ import annotations
 
@@ -182,6 +184,8 @@ def main() -> None:
     parser.add_argument("--ray-actors", default="1,2", help="actor counts of the Ray rows ('' for none)")
     parser.add_argument("--int8-model", type=Path, help="an int8 export of the same checkpoint: one more aesipe-label row")
     parser.add_argument("--rounds", type=int, default=1, help="run the contenders this many times, alternating")
+    parser.add_argument("--one-stream", action="store_true",
+                        help="also run each aesipe-label row with --streams 1 (one model call at a time, every core)")
     parser.add_argument("--eager-worker", nargs=3, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ort-worker", nargs=3, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prepare-worker", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -239,9 +243,17 @@ def main() -> None:
         local = contender(f"aesipe-label, local engine, batch {args.batch_size}", label + [f"{work}/label_out"] + options,
                           work / "label_out", label_run=True)
         rows = [eager, plain, local]
+        if args.one_stream:
+            rows.append(contender(f"aesipe-label, local engine, batch {args.batch_size}, --streams 1",
+                                  label + [f"{work}/label_1_out"] + options + ["--streams", "1"], work / "label_1_out",
+                                  label_run=True))
         if args.int8_model:
             int8 = [label[0], str(args.int8_model), str(folder), f"{work}/int8_out"] + options
             rows.append(contender(f"aesipe-label, int8 file, batch {args.batch_size}", int8, work / "int8_out", label_run=True))
+            if args.one_stream:
+                rows.append(contender(f"aesipe-label, int8 file, batch {args.batch_size}, --streams 1",
+                                      [*int8[:3], f"{work}/int8_1_out", *options, "--streams", "1"],
+                                      work / "int8_1_out", label_run=True))
         for actors in [int(a) for a in args.ray_actors.split(",") if a.strip()]:
             ray = ["--engine", "ray", "--actors", str(actors)]
             row = contender("", label + [f"{work}/ray_out_{actors}"] + options + ray, work / f"ray_out_{actors}", label_run=True)

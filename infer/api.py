@@ -39,7 +39,10 @@ class Labeler:
                  half: bool = False, scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
                  max_side: int | None = DEFAULT_MAX_SIDE, threads: int | None = None, tile: int | None = None,
                  tile_overlap: float | None = None, classes: Sequence[str] | None = None, tile_batch: int = 4,
-                 confidence: bool = False):
+                 confidence: bool = False, streams: int | None = 1):
+        """``threads``: ONNX Runtime's intra-op threads per session. ``streams``: sessions on a CPU that run
+        calls at once (``run_batch`` from that many threads; None: two on two cores or more, each with half
+        the cores). One stream suits one caller: its calls get every core."""
         scales = tuple(float(s) for s in scales)
         if not scales or any(s <= 0 for s in scales):
             raise UserError(f"scales must be positive numbers, got {scales}")
@@ -47,7 +50,7 @@ class Labeler:
         if tile is not None and (scales != (1.0,) or crf):
             raise UserError(f"--tile runs at scale 1.0 without a CRF (the CRF would need the whole image's "
                             f"probabilities in memory): drop {'--scales' if scales != (1.0,) else '--crf'}")
-        self.backend = open_backend(model_path, device=device, providers=providers, threads=threads)
+        self.backend = open_backend(model_path, device=device, providers=providers, threads=threads, streams=streams)
         self.info = self.backend.info
         if half and self.info.precision != "float16":
             raise UserError(f"this file computes in {self.info.precision}: export it with `aesipe-export --half` "
@@ -101,6 +104,11 @@ class Labeler:
     @property
     def fallback(self) -> str | None:
         return self.backend.fallback
+
+    @property
+    def streams(self) -> int:
+        """How many ``run_batch`` calls run at once, each on its own session (more callers wait)."""
+        return self.backend.streams
 
     @property
     def single_pass(self) -> bool:
@@ -177,7 +185,7 @@ class Labeler:
         return (not self.single_pass or self.crf or legacy_pseudo or self.keep is not None
                 or item.confidence or item.probabilities or item.decoded.rgb.shape[:2] != item.decoded.original_size)
 
-    # -- inference (call from one thread) -----------------------------------------------------------
+    # -- inference (thread-safe; ``streams`` calls run at once) -------------------------------------
     def run_batch(self, items: list[Prepared]) -> list[list]:
         """Run items whose variants share shapes; per item, its outputs cropped to their variant's size
         (a tiled item's output is its finished ``Labelled``: its tiles run here, row by row)."""

@@ -51,8 +51,10 @@ def label(
     workers: Annotated[Optional[int], typer.Option(help="Decode/encode threads (default: min(4, cores)).")] = None,
     max_side: Annotated[int, typer.Option(help="Images with a longer side are labelled at this size and the "
                                                "result resized back.")] = 2048,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: ONNX Runtime's, "
-                                                        "one per physical core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads per stream (default: the "
+                                                        "cores shared out between the streams).")] = None,
+    streams: Annotated[Optional[int], typer.Option(help="Batches the model runs at once on a CPU, one ONNX Runtime "
+                                                        "session each (default: 2 on two cores or more; 1 on a GPU).")] = None,
     confidence: Annotated[bool, typer.Option(help="Also write OUTPUT/confidence/ (8-bit maps of the written class's "
                                                   "probability), per-image confidence in report.json and "
                                                   "OUTPUT/review.csv (least confident first).")] = False,
@@ -80,8 +82,8 @@ def label(
 
     report = label_folder(model, input, output, tags_csv=tags, overlay=overlay, crf=crf, batch_size=batch_size,
                           device=device, half=half, scales=parse_scales(scales), flip=flip, overwrite=overwrite,
-                          workers=workers, max_side=max_side, threads=threads, confidence=confidence, formats=output_format,
-                          sheet=sheet, tile=tile, tile_overlap=tile_overlap, classes=classes,
+                          workers=workers, max_side=max_side, threads=threads, streams=streams, confidence=confidence,
+                          formats=output_format, sheet=sheet, tile=tile, tile_overlap=tile_overlap, classes=classes,
                           engine=engine, ray_address=ray_address, actors=actors, log=lambda m: typer.echo(m, err=True))
     summary = report.summary
     rate = summary.get("images_per_second")

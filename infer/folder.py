@@ -3,8 +3,10 @@
 Decoding and pre-processing run in a thread pool (Pillow, OpenCV and numpy release the GIL) and are taken
 in the order they finish, so one slow or huge image never holds back the ones already decoded. The main
 thread groups prepared images by padded shape into batches (a shape's batch goes as soon as it is full;
-when too many images wait, the fullest shape goes early) and runs the model (ONNX Runtime releases the
-GIL too); post-processing, PNG encoding and atomic writes run in a second pool. The output of an image
+when too many images wait, the fullest shape goes early) and hands them to the model (ONNX Runtime releases the
+GIL too) -- on a CPU, ``streams`` batches at once, each on its own ONNX Runtime session, so the cores stay
+busy while one batch waits (``session.py``); post-processing, PNG encoding and atomic writes run in a second
+pool. The output of an image
 never depends on which images share its batch: images are only batched with others of the same padded size.
 What is kept, redone and why is decided before any work (``job.LabelJob.plan``); a Ctrl-C writes the
 report of what was finished.
@@ -64,6 +66,9 @@ def label_folder(model_path: str | Path, input_dir: str | Path, output_dir: str 
     opts = LabelOptions(**{k: (tuple(v) if k in ("scales", "providers") and v is not None else v)
                            for k, v in options.items()})
     if engine == "ray":
+        if opts.streams is not None:
+            raise UserError("--streams is for the local engine: with --engine ray each actor runs one batch at a "
+                            "time (choose how many with --actors)")
         from .ray_engine import label_folder_ray
 
         return label_folder_ray(model_path, input_dir, output_dir, opts, progress, log, ray_address, actors)
@@ -114,13 +119,15 @@ def _run(job: LabelJob, todo: list[InputImage], overlays: list[InputImage], time
          done: list[int]) -> None:
     """Label ``todo`` (and write ``overlays`` for kept masks), counting processed images in ``done[0]``."""
     report, opts = job.report, job.options
-    workers = opts.workers or default_workers()
-    window = opts.batch_size * (workers + 2)
+    workers, streams = opts.workers or default_workers(), job.labeler.streams
+    window = opts.batch_size * (workers + 2 + streams)
     bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True, desc="labelling")
     last_flush = [time.perf_counter()]
     readers = ThreadPoolExecutor(workers, thread_name_prefix="decode")
     writers = ThreadPoolExecutor(workers, thread_name_prefix="write")
-    pending: collections.deque[Future] = collections.deque()
+    models = ThreadPoolExecutor(streams, thread_name_prefix="model")
+    running: set[Future] = set()  # batches in the model, at most ``streams``
+    pending: collections.deque[Future] = collections.deque()  # images being finished and written
 
     count_lock = threading.Lock()
 
@@ -143,6 +150,26 @@ def _run(job: LabelJob, todo: list[InputImage], overlays: list[InputImage], time
             entry = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
         record(image, entry)
 
+    def infer(batch: list[tuple[InputImage, Prepared]]) -> list[Future]:
+        """In a model thread: run one batch and hand its images to the writers."""
+        items = dict(batch)
+        results = timer.timed("inference", lambda: list(run_batch_or_singles(job.labeler, batch)))
+        written = []
+        for image, outputs in results:
+            if isinstance(outputs, str):
+                record(image, {"status": "failed", "reason": outputs})
+            else:
+                written.append(writers.submit(finish, image, items[image], outputs))
+        return written
+
+    def collect(wait_for: int) -> None:
+        """Wait until at most ``wait_for`` batches are in the model; their images join ``pending``."""
+        while len(running) > wait_for:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                running.discard(future)
+                pending.extend(future.result())  # re-raises what broke the engine itself (not an image)
+
     def drain(limit: int) -> None:
         while len(pending) > limit:
             pending.popleft().result()
@@ -151,13 +178,8 @@ def _run(job: LabelJob, todo: list[InputImage], overlays: list[InputImage], time
             report.write()
 
     def run(batch: list[tuple[InputImage, Prepared]]) -> None:
-        items = dict(batch)
-        results = timer.timed("inference", lambda: list(run_batch_or_singles(job.labeler, batch)))
-        for image, outputs in results:
-            if isinstance(outputs, str):
-                record(image, {"status": "failed", "reason": outputs})
-            else:
-                pending.append(writers.submit(finish, image, items[image], outputs))
+        collect(streams - 1)  # a free stream: prepared images wait here, not in an unbounded queue
+        running.add(models.submit(infer, batch))
         drain(window)
 
     try:
@@ -176,8 +198,10 @@ def _run(job: LabelJob, todo: list[InputImage], overlays: list[InputImage], time
                 run(buckets.pop(max(buckets, key=lambda k: len(buckets[k]))))
         for key in list(buckets):
             run(buckets.pop(key))
+        collect(0)
         drain(0)
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
+        models.shutdown(wait=True, cancel_futures=True)  # a running batch finishes and hands over its images
         writers.shutdown(wait=True, cancel_futures=False)  # finish what was started: nothing half-done
         bar.close()

@@ -254,7 +254,8 @@ class LabelJob:
             "images_per_second": round(processed / seconds, 3) if seconds > 0 and processed else None,
             "stage_busy_seconds": {k: round(v, 3) for k, v in timer.items()},
             "options": {"batch_size": o.batch_size, **o.mask_settings(), "scales": list(self.labeler.scales),
-                        "workers": o.workers or default_workers(), "overlay": o.overlay, "confidence": o.confidence,
+                        "workers": o.workers or default_workers(), "streams": self.labeler.streams,
+                        "threads_per_stream": self.labeler.backend.threads, "overlay": o.overlay, "confidence": o.confidence,
                         "formats": list(o.formats), "sheet": o.sheet},
             **(extra or {}),
         }

@@ -28,6 +28,9 @@ class LabelOptions:
     workers: int | None = None
     max_side: int | None = DEFAULT_MAX_SIDE
     threads: int | None = None
+    """ONNX Runtime intra-op threads per stream (default: the cores shared out between the streams)."""
+    streams: int | None = None
+    """Batches that run at once on a CPU, each on its own ONNX Runtime session (default: 2 on 2+ cores)."""
     providers: tuple[str, ...] | None = None
     confidence: bool = False
     formats: tuple[str, ...] = ("png",)
@@ -46,6 +49,8 @@ class LabelOptions:
             raise UserError("--max-side must be at least 16")
         if self.threads is not None and self.threads < 1:
             raise UserError("--threads must be at least 1")
+        if self.streams is not None and self.streams < 1:
+            raise UserError("--streams must be at least 1")
         object.__setattr__(self, "formats", outputs.parse_formats(self.formats))
         object.__setattr__(self, "tile_overlap", tiling.check_tile(self.tile, self.tile_overlap))
         if self.classes is not None:
@@ -65,8 +70,11 @@ class LabelOptions:
         return settings
 
 
-def labeler_for(model_path: str | Path, o: LabelOptions, device: str | None = None, threads: int | None = None) -> Labeler:
-    """The Labeler a job's options ask for (any engine: ``device``/``threads`` override where it runs)."""
+def labeler_for(model_path: str | Path, o: LabelOptions, device: str | None = None, threads: int | None = None,
+                streams: int | None = None) -> Labeler:
+    """The Labeler a job's options ask for (any engine: ``device``/``threads``/``streams`` override where and
+    how it runs)."""
     return Labeler(model_path, device=device or o.device, providers=o.providers, half=o.half, scales=o.scales,
                    flip=o.flip, crf=o.crf, max_side=o.max_side, threads=threads or o.threads, tile=o.tile,
-                   tile_overlap=o.tile_overlap, classes=o.classes, tile_batch=o.batch_size, confidence=o.confidence)
+                   tile_overlap=o.tile_overlap, classes=o.classes, tile_batch=o.batch_size, confidence=o.confidence,
+                   streams=streams or o.streams)

@@ -114,7 +114,7 @@ def label_folder_ray(model_path: str | Path, input_dir: str | Path, output_dir: 
     actor or decode task."""
     ray = import_ray()
     # The driver's own session only reads the metadata: on the CPU, whatever the actors run on.
-    job = LabelJob(model_path, input_dir, output_dir, replace(opts, device="cpu", threads=1, providers=None), log)
+    job = LabelJob(model_path, input_dir, output_dir, replace(opts, device="cpu", threads=1, providers=None, streams=1), log)
     job.options = opts
     plan = job.plan()
     rows = ([{"rel": str(i.rel), "path": os.path.abspath(i.path), "name": job.names[i.rel], "kind": "label"} for i in plan.todo]

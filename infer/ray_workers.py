@@ -126,7 +126,8 @@ class LabelActor:
     """One ONNX Runtime session; labels a batch of decoded images and writes their files."""
 
     def __init__(self, state: dict, device: str, threads: int) -> None:
-        labeler = labeler_for(state["job"]["model_path"], state["job"]["options"], device=device, threads=threads)
+        labeler = labeler_for(state["job"]["model_path"], state["job"]["options"], device=device, threads=threads,
+                              streams=1)  # an actor runs one batch at a time: Ray's actors are its streams
         self.job, self.started_ns, self.token = _worker_job(state, labeler), state["started_ns"], state["token"]
         self.engine = json.dumps({"providers": labeler.providers, "fallback": labeler.fallback})
 

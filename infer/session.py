@@ -1,13 +1,23 @@
 """Run an exported file: ONNX Runtime (CPU or CUDA with IO binding) or TorchScript (torch imported lazily).
 
 Both backends expose ``info`` (parsed metadata), ``providers`` (what really runs), ``fallback`` (a
-sentence when the requested accelerator silently fell back to CPU, else None) and
-``run(image, tags, want) -> {output name: array}``.
+sentence when the requested accelerator silently fell back to CPU, else None), ``streams`` (how many calls
+can run at once, each on its own threads) and ``run(image, tags, want) -> {output name: array}``, which any
+thread may call.
+
+Streams: on a CPU, ``OrtBackend`` can hold several sessions of the same file, each with its own intra-op
+threads, and hands each call a free one. For a segmenter, two one-thread sessions running two batches at
+once label small images faster than one two-thread session running them in turn (int8 on MSRC photos: 1.2x,
+``benchmarks/RESULTS.md``): a small convolution splits poorly over threads, and a thread that another job
+preempts stalls only its own call, not every operator of a shared pool at its barrier. A pseudo-labeller's
+call (several scales, up to twice the image's size) fills the cores on its own: a second session only
+doubled its memory (1.0 -> 1.6 GB), so its automatic choice is one stream.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,6 +33,26 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".torchscript")
 DEVICES = ("auto", "cpu", "cuda")
 """Also ``cuda:N``: that GPU (ONNX Runtime's CUDA provider ``device_id``; torch's ``cuda:N``)."""
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_streams(threads: int | None, streams: int | None, pseudo_labeller: bool = False) -> tuple[int, int | None]:
+    """(sessions, intra-op threads per session; None = ONNX Runtime's default) for a CPU run. ``streams`` None:
+    two for a segmenter on two cores or more, one for a pseudo-labeller (see the module docstring);
+    ``threads`` None with several streams: the cores shared out between them."""
+    cores = usable_cores()
+    if streams is None:
+        streams = 2 if cores >= 2 and not pseudo_labeller else 1
+    if threads is None and streams > 1:
+        threads = max(1, cores // streams)
+    return streams, threads
 
 
 def read_torchscript_metadata(path: str | Path) -> dict[str, str]:
@@ -44,7 +74,7 @@ def _parse(meta: dict[str, str], path: Path) -> ModelInfo:
 
 class OrtBackend:
     def __init__(self, path: Path, device: str = "auto", providers: Sequence[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, streams: int | None = 1):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -61,17 +91,37 @@ class OrtBackend:
                 ort.preload_dlls()
             except Exception:
                 pass
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or 0  # 0: ORT picks the physical core count
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested,
-                                                provider_options=provider_options)
-        except Exception as exc:
-            raise UserError(f"cannot load {path} with onnxruntime: {str(exc).splitlines()[0][:200]}") from None
-        self.info = _parse(dict(self.session.get_modelmeta().custom_metadata_map), path)
+
+        def open_session(intra_threads: int | None):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = intra_threads or 0  # 0: ORT picks the physical core count
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            try:
+                return ort.InferenceSession(str(path), sess_options=options, providers=requested,
+                                            provider_options=provider_options)
+            except Exception as exc:
+                raise UserError(f"cannot load {path} with onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+
+        auto = streams is None and CUDA_EP not in requested
+        if CUDA_EP in requested:
+            streams = 1  # one GPU runs one call at a time anyway; a second session would only hold memory
+        elif not auto:
+            streams, threads = cpu_streams(threads, streams)
+        # The automatic choice depends on the model's kind, which only a session's metadata tells: the first
+        # session is opened with the threads asked for, and replaced if the choice gives each stream fewer.
+        first_threads = threads
+        first = open_session(first_threads)
+        self.info = _parse(dict(first.get_modelmeta().custom_metadata_map), path)
+        if auto:
+            streams, threads = cpu_streams(threads, None, pseudo_labeller=self.info.needs_tags)
+        sessions = [first] if threads == first_threads else []
+        sessions += [open_session(threads) for _ in range(streams - len(sessions))]
+        self.sessions, self.session, self.streams, self.threads = sessions, sessions[0], streams, threads
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for session in self.sessions:
+            self._free.put(session)
         self.providers = self.session.get_providers()
         missing = [p for p in requested if p not in self.providers]
         self.fallback = (f"requested {', '.join(missing)} but onnxruntime runs on {', '.join(self.providers)}"
@@ -91,7 +141,11 @@ class OrtBackend:
         if "tags" in self.input_names:
             feeds["tags"] = np.ascontiguousarray(tags, dtype=np.float32)
         if not self.on_gpu:
-            return dict(zip(want, self.session.run(list(want), feeds)))
+            session = self._free.get()  # blocks only when more threads call than there are streams
+            try:
+                return dict(zip(want, session.run(list(want), feeds)))
+            finally:
+                self._free.put(session)
         # IO binding: inputs go to the GPU once, and only the requested outputs come back.
         binding = self.session.io_binding()
         for name, array in feeds.items():
@@ -123,6 +177,7 @@ class TorchScriptBackend:
             self.module = torch.jit.load(str(path), map_location=self.device).eval()
         self.providers = [f"torch.jit ({self.device})"]
         self.fallback = None
+        self.streams, self.threads = 1, None  # one module; torch's own intra-op threads
         self.on_gpu = self.device.startswith("cuda")
 
     def _load_custom_ops(self, torch) -> None:
@@ -165,7 +220,8 @@ def parse_device(device: str) -> tuple[str, int]:
 
 
 def open_backend(path: str | Path, device: str = "auto", providers: Sequence[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, streams: int | None = 1):
+    """``streams`` (ONNX on a CPU): sessions that run calls at once; None: ``cpu_streams``'s choice."""
     path = Path(path)
     if path.is_dir():
         exported = sorted(path.glob("*.onnx")) + sorted((path / "export").glob("*.onnx"))
@@ -175,7 +231,7 @@ def open_backend(path: str | Path, device: str = "auto", providers: Sequence[str
         raise UserError(f"model file not found: {path}")
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
-        return OrtBackend(path, device, providers, threads)
+        return OrtBackend(path, device, providers, threads, streams)
     if suffix in TORCHSCRIPT_SUFFIXES:
         return TorchScriptBackend(path, device)
     raise UserError(f"{path}: expected an .onnx or TorchScript (.pt, .torchscript) file from aesipe-export")

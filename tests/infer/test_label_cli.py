@@ -103,6 +103,8 @@ def test_awkward_inputs_are_labelled_and_broken_ones_reported(seg_onnx, tmp_path
     (lambda m, i, o: [m, i, o, "--scales", "1,x"], "--scales must be numbers"),
     (lambda m, i, o: [m, i, o, "--batch-size", "0"], "--batch-size must be at least 1"),
     (lambda m, i, o: [m, i, o, "--device", "tpu"], "--device must be one of"),
+    (lambda m, i, o: [m, i, o, "--streams", "0"], "--streams must be at least 1"),
+    (lambda m, i, o: [m, i, o, "--streams", "2", "--engine", "ray"], "--streams is for the local engine"),
 ])
 def test_usage_errors_exit_2_with_one_line(seg_onnx, photo_folder, tmp_path, args, message):
     result = _label(*args(seg_onnx, photo_folder, tmp_path / "out"))
