@@ -43,6 +43,8 @@ class Labeler:
         """``threads``: ONNX Runtime's intra-op threads per session. ``streams``: sessions on a CPU that run
         calls at once (``run_batch`` from that many threads; None: two on two cores or more, each with half
         the cores). One stream suits one caller: its calls get every core."""
+        if streams is not None and streams < 1:
+            raise UserError(f"streams must be at least 1, got {streams}")
         scales = tuple(float(s) for s in scales)
         if not scales or any(s <= 0 for s in scales):
             raise UserError(f"scales must be positive numbers, got {scales}")

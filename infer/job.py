@@ -83,6 +83,9 @@ class LabelJob:
         o = options
         self.labeler = labeler_for(model_path, o)
         self.info = self.labeler.info
+        if o.streams is not None and o.streams != self.labeler.streams:
+            where = "a GPU" if self.labeler.backend.on_gpu else "a TorchScript file"
+            log(f"warning: --streams {o.streams}: {where} runs one model call at a time")
         self.palette = outputs.padded_palette(self.labeler.palette)
         if "cvat" in o.formats:
             outputs.check_cvat_palette(self.info.classes, self.palette)

@@ -84,3 +84,12 @@ def test_folder_masks_are_the_same_with_one_or_two_streams(seg_onnx, photo_folde
         masks[streams] = {p.name: load_label_png(p) for p in (out / "masks").rglob("*.png")}
     assert len(masks[1]) == 5 and masks[1].keys() == masks[2].keys()
     assert all(np.array_equal(masks[1][name], masks[2][name]) for name in masks[1])
+
+
+def test_streams_a_model_cannot_use_are_said_once(seg_torchscript, seg_onnx, photo_folder, tmp_path):
+    lines = []
+    label_folder(seg_torchscript, photo_folder, tmp_path / "out", streams=2, device="cpu", progress=False,
+                 log=lines.append)
+    assert "warning: --streams 2: a TorchScript file runs one model call at a time" in lines
+    with pytest.raises(Exception, match="streams must be at least 1"):
+        Labeler(seg_onnx, streams=0)
