@@ -25,7 +25,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "data": {"kind": "folder", "train_split": "train", "cam_split": "train", "eval_split": "val", "workers": 0},
     "runtime": {"device": "cpu"},
     "model": {"backbone": "mobilenet_v2"},
-    "train": {"batch_size": 16, "epochs": 100, "max_steps": 250, "crop_size": 96, "resize_long": [80, 112], "lr": 0.05,
+    "train": {"batch_size": 16, "epochs": 100, "max_steps": 500, "crop_size": 96, "resize_long": [80, 112], "lr": 0.05,
               "checkpoint_every": 100, "log_every": 20},
     "cam": {"scales": [1.0, 0.75, 1.25]},
     "crf": {"workers": 2},
