@@ -54,7 +54,8 @@ def label(
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads per stream (default: the "
                                                         "cores shared out between the streams).")] = None,
     streams: Annotated[Optional[int], typer.Option(help="Batches the model runs at once on a CPU, one ONNX Runtime "
-                                                        "session each (default: 2 on two cores or more; 1 on a GPU).")] = None,
+                                                        "session each (default: a segmenter 2 on two cores or more; "
+                                                        "a pseudo-labeller or a GPU 1).")] = None,
     confidence: Annotated[bool, typer.Option(help="Also write OUTPUT/confidence/ (8-bit maps of the written class's "
                                                   "probability), per-image confidence in report.json and "
                                                   "OUTPUT/review.csv (least confident first).")] = False,
