@@ -41,8 +41,9 @@ class Labeler:
                  tile_overlap: float | None = None, classes: Sequence[str] | None = None, tile_batch: int = 4,
                  confidence: bool = False, streams: int | None = 1):
         """``threads``: ONNX Runtime's intra-op threads per session. ``streams``: sessions on a CPU that run
-        calls at once (``run_batch`` from that many threads; None: two on two cores or more, each with half
-        the cores). One stream suits one caller: its calls get every core."""
+        calls at once (``run_batch`` from that many threads; None: ``session.cpu_streams``'s choice, two for a
+        segmenter on two cores or more, each with half the cores). One stream suits one caller: its calls get
+        every core."""
         if streams is not None and streams < 1:
             raise UserError(f"streams must be at least 1, got {streams}")
         scales = tuple(float(s) for s in scales)

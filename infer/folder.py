@@ -3,10 +3,9 @@
 Decoding and pre-processing run in a thread pool (Pillow, OpenCV and numpy release the GIL) and are taken
 in the order they finish, so one slow or huge image never holds back the ones already decoded. The main
 thread groups prepared images by padded shape into batches (a shape's batch goes as soon as it is full;
-when too many images wait, the fullest shape goes early) and hands them to the model (ONNX Runtime releases the
-GIL too) -- on a CPU, ``streams`` batches at once, each on its own ONNX Runtime session, so the cores stay
-busy while one batch waits (``session.py``); post-processing, PNG encoding and atomic writes run in a second
-pool. The output of an image
+when too many images wait, the fullest shape goes early) and hands them to the model threads (ONNX Runtime
+releases the GIL too): ``streams`` batches run at once, each on its own ONNX Runtime session on a CPU
+(``session.py``); post-processing, PNG encoding and atomic writes run in a third pool. The output of an image
 never depends on which images share its batch: images are only batched with others of the same padded size.
 What is kept, redone and why is decided before any work (``job.LabelJob.plan``); a Ctrl-C writes the
 report of what was finished.

@@ -30,7 +30,8 @@ class LabelOptions:
     threads: int | None = None
     """ONNX Runtime intra-op threads per stream (default: the cores shared out between the streams)."""
     streams: int | None = None
-    """Batches that run at once on a CPU, each on its own ONNX Runtime session (default: 2 on 2+ cores)."""
+    """Batches that run at once on a CPU, each on its own ONNX Runtime session (default: a segmenter's 2 on 2+
+    cores, a pseudo-labeller's 1; ``session.cpu_streams``)."""
     providers: tuple[str, ...] | None = None
     confidence: bool = False
     formats: tuple[str, ...] = ("png",)

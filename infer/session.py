@@ -104,17 +104,16 @@ class OrtBackend:
             except Exception as exc:
                 raise UserError(f"cannot load {path} with onnxruntime: {str(exc).splitlines()[0][:200]}") from None
 
-        auto = streams is None and CUDA_EP not in requested
         if CUDA_EP in requested:
             streams = 1  # one GPU runs one call at a time anyway; a second session would only hold memory
-        elif not auto:
+        elif streams is not None:
             streams, threads = cpu_streams(threads, streams)
-        # The automatic choice depends on the model's kind, which only a session's metadata tells: the first
-        # session is opened with the threads asked for, and replaced if the choice gives each stream fewer.
         first_threads = threads
         first = open_session(first_threads)
         self.info = _parse(dict(first.get_modelmeta().custom_metadata_map), path)
-        if auto:
+        if streams is None:
+            # The automatic choice depends on the model's kind, which only a session's metadata tells: the
+            # first session was opened with the threads asked for, and is replaced if each stream gets fewer.
             streams, threads = cpu_streams(threads, None, pseudo_labeller=self.info.needs_tags)
         sessions = [first] if threads == first_threads else []
         sessions += [open_session(threads) for _ in range(streams - len(sessions))]
