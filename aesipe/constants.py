@@ -11,9 +11,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PIXEL_SCALE = 1.0 / 255.0
 """uint8 pixels x this = the [0, 1] input of the networks and of exported graphs (float32 everywhere)."""
 
+VOID_LABEL = 255
+"""The label value that is no class: void in ground-truth masks, "unsure" in IR labels, ignored by losses."""
+MAX_CLASSES = VOID_LABEL
+"""Most classes (background included) a uint8 label map can hold: values 0..254, 255 being ``VOID_LABEL``."""
+PAMR_MODES = ("off", "per_scale", "fused")
+"""How make-cam and the exported pseudo-labeller refine their maps with PAMR (``cam.pamr``)."""
+
 PROG_TRAIN = "aesipe-train"
 PROG_EXPORT = "aesipe-export"
 PROG_LABEL = "aesipe-label"
 
-__all__ = ["__version__", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "PIXEL_SCALE", "PROG_TRAIN",
-           "PROG_EXPORT", "PROG_LABEL"]
+__all__ = ["__version__", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "PIXEL_SCALE", "VOID_LABEL", "MAX_CLASSES",
+           "PAMR_MODES", "PROG_TRAIN", "PROG_EXPORT", "PROG_LABEL"]

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from aesipe.constants import IMAGE_SUFFIXES
+from aesipe.constants import IMAGE_SUFFIXES, MAX_CLASSES, VOID_LABEL
+from aesipe.contract import class_name_problem
 from aesipe.imaging import ImageReadError, image_size, read_rgb
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png, voc_palette
@@ -58,6 +59,8 @@ class SegmentationDataset:
     image_paths: Mapping[str, Path]
     mask_paths: Mapping[str, Path]
     label_indices_by_id: Mapping[str, tuple[int, ...]]
+    ids_source: str = ""
+    """Where the split's ids come from (a list file, a CSV, ...): what to edit to leave an image out."""
 
     @property
     def num_classes(self) -> int:
@@ -97,7 +100,10 @@ class SegmentationDataset:
             mask = load_label_png(path)
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read mask {path}: {exc}") from None
-        expected = image_size(self.image_path(image_id))
+        try:
+            expected = image_size(self.image_path(image_id))
+        except ImageReadError as exc:
+            raise UserError(f"cannot read image {self.image_path(image_id)}: {exc}") from None
         if mask.shape != expected:
             raise UserError(
                 f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {expected[1]}x{expected[0]} (WxH)"
@@ -122,11 +128,14 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise UserError(f"{path}: class {duplicate!r} is listed twice")
-    spaced = [n for n in names if any(c.isspace() for c in n)]
-    if spaced:
-        raise UserError(f"{path}: class name {spaced[0]!r} contains a space (CSV labels are space-separated)")
-    if len(names) > 255:
-        raise UserError(f"{path}: {len(names)} classes do not fit 8-bit label PNGs (at most 255)")
+    for name in names:  # the rule of exported files: a class trained here can always be exported
+        problem = class_name_problem(name)
+        if problem:
+            raise UserError(f"{path}: class name {name!r} {problem} (tags in a CSV cell are separated by spaces; "
+                            "names also go into CSV and CVAT files)")
+    if len(names) > MAX_CLASSES:
+        raise UserError(f"{path}: {len(names)} classes do not fit 8-bit label PNGs (at most {MAX_CLASSES}: "
+                        f"value {VOID_LABEL} means void)")
     return names
 
 
@@ -170,18 +179,20 @@ def _folder_split(folder: Path, split: str) -> str:
     return "train" if has_train else split
 
 
-def _folder_ids(folder: Path, split: str, csv_tags: Mapping[str, tuple] | None, images: Mapping[str, Path]) -> list[str]:
+def _folder_ids(folder: Path, split: str, csv_tags, csv_path: Path | None,
+                images: Mapping[str, Path]) -> tuple[list[str], str]:
+    """(ids of the split, where they come from)."""
     path = voc.split_file(folder, split)
     if path is not None:
-        return voc.read_id_list(path)
+        return voc.read_id_list(path), str(path)
     if csv_tags is not None:
-        return list(csv_tags)
+        return list(csv_tags), f"the labels CSV {csv_path}"
     known = voc.available_splits(folder)
     if known:
         raise UserError(
             f"missing split file {folder / voc.SPLIT_DIRS[0] / (split + '.txt')} (available: {', '.join(known)})"
         )
-    return sorted(images)  # a plain folder without split lists: every image is in every split
+    return sorted(images), ""  # a plain folder without split lists: every image is in every split
 
 
 def resolve_split(data_cfg: "DataConfig", split: str) -> str:
@@ -211,7 +222,12 @@ def open_dataset(data_cfg: "DataConfig", split: str) -> SegmentationDataset:
     csv_path = _csv_path(folder, source, data_cfg.labels_csv)
     csv_tags = read_tags_csv(csv_path, foreground) if csv_path is not None else None
 
-    ids = voc.voc_split_ids(folder, split) if kind == "voc" else _folder_ids(folder, source, csv_tags, images)
+    if kind == "voc":
+        ids, list_file = voc.voc_split_ids(folder, split), voc.split_file(folder, split)
+        ids_source = str(list_file) if list_file else (
+            f"a {voc.TRAIN_AUG}.txt you write in {folder / voc.SPLIT_DIRS[0]} (the split is derived from the masks)")
+    else:
+        ids, ids_source = _folder_ids(folder, source, csv_tags, csv_path, images)
     if not ids:
         raise UserError(f"split {split!r} of {folder} lists no images")
     missing = [i for i in ids if i not in images]
@@ -248,4 +264,5 @@ def open_dataset(data_cfg: "DataConfig", split: str) -> SegmentationDataset:
         image_paths={i: images[i] for i in ids},
         mask_paths=eval_masks,
         label_indices_by_id=labels,
+        ids_source=ids_source,
     )

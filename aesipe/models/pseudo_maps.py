@@ -22,11 +22,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from aesipe.constants import PAMR_MODES
 from aesipe.ops.resize import resize_bicubic
 
 PAMR_DOWNSCALE = 4
 """PAMR runs on the image at 1/4 size (as in the AE step): at full size its memory grows as K x P x H x W."""
-PAMR_MODES = ("off", "per_scale", "fused")
 
 
 @dataclass(frozen=True)

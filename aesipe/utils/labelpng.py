@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..constants import VOID_LABEL
 from .atomic import atomic_write_bytes
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = VOID_LABEL
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
