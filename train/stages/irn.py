@@ -88,6 +88,7 @@ def check_crop(cfg: RunConfig) -> PathIndex:
 def train_irn(cfg: RunConfig) -> Path:
     """Train (or resume) IRN on ``ir_labels/<data.train_split>``; returns ``irn/final.pt``."""
     from aesipe.data import open_dataset
+    from aesipe.data.imagecheck import check_training_images
     from aesipe.data.transforms import SegTrainDataset
 
     c = cfg.irn
@@ -101,6 +102,7 @@ def train_irn(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(c.seed)
         ds = open_dataset(cfg.data, split)
+        check_training_images(ds, Path(cfg.run_dir), write=info.is_main)  # before step 1, not at step N
         crops = SegTrainDataset(ds, labels, c.crop_size, c.scale_range, flip=True, jitter=0.0, seed=c.seed)
         dataset = AffinityDataset(crops, index)
         model = build_irn(c.backbone, backbone_weights(cfg, c.backbone, c.pretrained), c.no_pretrained)

@@ -54,6 +54,7 @@ def seg_losses(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
 def train_seg(cfg: RunConfig) -> Path:
     """Train (or resume) the segmenter; returns ``seg/final.pt``."""
     from aesipe.data import open_dataset
+    from aesipe.data.imagecheck import check_training_images
     from aesipe.data.transforms import SegTrainDataset
 
     s = cfg.seg
@@ -64,6 +65,7 @@ def train_seg(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(s.seed)
         ds = open_dataset(cfg.data, split)
+        check_training_images(ds, Path(cfg.run_dir), write=info.is_main)  # before step 1, not at step N
         dataset = SegTrainDataset(ds, labels, s.crop_size, s.scale_range, flip=True, jitter=s.color_jitter, seed=s.seed)
         model = build_deeplabv3(
             ds.num_classes, s.backbone, backbone_weights(cfg, s.backbone, s.pretrained), s.no_pretrained, s.freeze_bn

@@ -40,6 +40,7 @@ def stage1_losses(model: torch.nn.Module, batch: dict, gsc_weight: float = 1.0) 
 def train_stage1(cfg: RunConfig) -> Path:
     """Train (or resume) the stage-1 network of ``cfg``; returns the final checkpoint path."""
     from aesipe.data import open_dataset
+    from aesipe.data.imagecheck import check_training_images
     from aesipe.data.transforms import ClassificationDataset
 
     t = cfg.train
@@ -48,6 +49,7 @@ def train_stage1(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(t.seed)
         ds = open_dataset(cfg.data, cfg.data.train_split)
+        check_training_images(ds, Path(cfg.run_dir), write=info.is_main)  # before step 1, not at step N
         dataset = ClassificationDataset(ds, t.crop_size, t.resize_long, flip=True, seed=t.seed)
         model = build_aesipe(cfg, ds.num_classes)
         optimizer, scheduler, spec = loop.solver_setup(
