@@ -3,14 +3,21 @@
 - Errors a user can cause -- ``UserError``, ``ConfigError``, Typer's own usage errors (a bad integer, an
   unknown option, a missing argument) -- end as one line ``prog: error: ...`` on stderr and exit 2 (or the
   error's own code), never a traceback or a boxed panel.
-- Ctrl-C ends as one line and exit 130; work in progress writes what it finished first.
+- Ctrl-C ends as one line and exit 130; work in progress writes what it finished first. SIGTERM (what
+  schedulers, ``timeout`` and container stops send) and SIGHUP (a closed terminal) take the same path:
+  they raise ``Terminated``, a ``KeyboardInterrupt``, wherever the program is, so every clean-up written for
+  Ctrl-C runs (aesipe-label writes its report; training keeps its last checkpoint), then one line and exit
+  128 + the signal's number, as a shell reports a process that signal ended: 143 (SIGTERM), 129 (SIGHUP). A
+  second SIGTERM or SIGHUP during the clean-up is ignored, so the clean-up finishes (SIGKILL still ends it).
 - Help texts are plain text: brackets such as ``pip install 'aesipe[crf]'`` are shown, not read as markup.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
-from typing import Annotated, Callable, Optional, TypeVar
+from typing import Annotated, Callable, Iterator, Optional, TypeVar
 
 import typer
 
@@ -19,6 +26,38 @@ from .errors import UserError
 
 F = TypeVar("F", bound=Callable)
 INTERRUPTED = 130
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: raised where Ctrl-C's KeyboardInterrupt would be, so the same clean-up runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[list[int]]:
+    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` in the main thread (the first one; later ones
+    are ignored so the clean-up finishes). Yields the list of signals received. Outside the main thread, or
+    where a signal does not exist, it changes nothing."""
+    received: list[int] = []
+
+    def terminate(signum: int, frame) -> None:
+        if not received:
+            received.append(signum)
+            raise Terminated(signum)
+
+    previous = {}
+    for signum in TERMINATING_SIGNALS:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            previous[signum] = signal.signal(signum, terminate)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def make_app(prog: str, help: str | None = None, **kwargs) -> typer.Typer:
@@ -53,17 +92,22 @@ def run_cli(app: typer.Typer, prog: str) -> None:
         print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
         sys.exit(code)
 
-    try:
-        code = app(standalone_mode=False, prog_name=prog)
-    except (UserError, _config.ConfigError) as exc:
-        fail(str(exc), getattr(exc, "exit_code", 2))
-    except ClickException as exc:  # Typer's usage errors: bad value, unknown option, missing argument
-        hint = f" (see {prog} --help)" if getattr(exc, "exit_code", 2) == 2 else ""
-        fail(exc.format_message() + hint, exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        code = INTERRUPTED
-    if code == INTERRUPTED:  # Typer turns a Ctrl-C inside a command into Exit(130)
-        print(f"{prog}: interrupted; finished outputs are kept and a re-run resumes", file=sys.stderr)
+    with signals_as_interrupts() as received:
+        try:
+            code = app(standalone_mode=False, prog_name=prog)
+        except (UserError, _config.ConfigError) as exc:
+            fail(str(exc), getattr(exc, "exit_code", 2))
+        except ClickException as exc:  # Typer's usage errors: bad value, unknown option, missing argument
+            hint = f" (see {prog} --help)" if getattr(exc, "exit_code", 2) == 2 else ""
+            fail(exc.format_message() + hint, exc.exit_code)
+        except (KeyboardInterrupt, typer.Abort):
+            code = INTERRUPTED
+        if code == INTERRUPTED and received:  # Typer turns a KeyboardInterrupt inside a command into Exit(130)
+            name = signal.Signals(received[0]).name
+            print(f"{prog}: terminated ({name}); finished outputs are kept and a re-run resumes", file=sys.stderr)
+            code = 128 + received[0]
+        elif code == INTERRUPTED:
+            print(f"{prog}: interrupted; finished outputs are kept and a re-run resumes", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 
