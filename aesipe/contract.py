@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import contract_fields as f
+from . import contract_strings as strings
 from .constants import IMAGENET_MEAN, IMAGENET_STD, MAX_CLASSES, PAMR_MODES, PIXEL_SCALE, PROG_EXPORT
 
 PRODUCER = PROG_EXPORT
@@ -115,22 +116,22 @@ QUANTIZATION = f.Object({
 
 METADATA_FIELDS: dict[str, f.Member] = {
     "producer": f.Member(f.OneOf((PRODUCER,))),
-    "schema_version": f.Member(f.IntText(1, SCHEMA_VERSION), doc="newer: refused with 'upgrade aesipe'"),
+    "schema_version": f.Member(strings.IntText(1, SCHEMA_VERSION), doc="newer: refused with 'upgrade aesipe'"),
     "aesipe_version": f.Member(f.Text(max_length=64)),
     "torch_version": f.Member(f.Text(max_length=64)),
     "model_kind": f.Member(f.OneOf(MODEL_KINDS)),
-    "classes": f.Member(f.Json(f.ListOf(CLASS_NAME, 2, MAX_CLASSES, unique=True))),
-    "palette": f.Member(f.Json(f.ListOf(f.ListOf(f.Integer(0, 255), 3, 3), 2, 256))),
-    "input_format": f.Member(f.Json(INPUT_FORMAT)),
-    "output": f.Member(f.Json(OUTPUT)),
-    "inputs": f.Member(f.Json(f.ListOf(INPUT, 1, 2))),
-    "pamr": f.Member(f.Json(PAMR, empty=None), required=False),
-    "background_scale": f.Member(f.NumberText(f.Number(0.0, 100.0, above=True)), required=False),
-    "opset": f.Member(f.IntText(7, 100), required=False),
+    "classes": f.Member(strings.Json(f.ListOf(CLASS_NAME, 2, MAX_CLASSES, unique=True))),
+    "palette": f.Member(strings.Json(f.ListOf(f.ListOf(f.Integer(0, 255), 3, 3), 2, 256))),
+    "input_format": f.Member(strings.Json(INPUT_FORMAT)),
+    "output": f.Member(strings.Json(OUTPUT)),
+    "inputs": f.Member(strings.Json(f.ListOf(INPUT, 1, 2))),
+    "pamr": f.Member(strings.Json(PAMR, empty=None), required=False),
+    "background_scale": f.Member(strings.NumberText(f.Number(0.0, 100.0, above=True)), required=False),
+    "opset": f.Member(strings.IntText(7, 100), required=False),
     "precision": f.Member(f.OneOf(PRECISIONS), required=False),
-    "custom_ops": f.Member(f.Json(f.ListOf(f.OneOf(CUSTOM_OPS), 1, len(CUSTOM_OPS), unique=True)), required=False),
+    "custom_ops": f.Member(strings.Json(f.ListOf(f.OneOf(CUSTOM_OPS), 1, len(CUSTOM_OPS), unique=True)), required=False),
     "op_library": f.Member(f.Text(max_length=4096), required=False),
-    "quantization": f.Member(f.Json(QUANTIZATION), required=False),
+    "quantization": f.Member(strings.Json(QUANTIZATION), required=False),
 }
 """Every key of the metadata and the spec its value must pass."""
 
@@ -175,11 +176,11 @@ def _set(meta: dict[str, str], key: str, change) -> dict[str, str]:
 
 
 METADATA_CHECKS = (
-    f.Check("palette covers the classes", _palette_problem,
+    strings.Check("palette covers the classes", _palette_problem,
           lambda m: _set(m, "palette", lambda p: p.__delitem__(slice(2, None)))),
-    f.Check("inputs match the model kind", _inputs_problem,
+    strings.Check("inputs match the model kind", _inputs_problem,
           lambda m: _set(m, "inputs", lambda i: i[0]["shape"].__setitem__(1, 4))),
-    f.Check("test-time settings only in pseudo-labellers", _pseudo_only_problem,
+    strings.Check("test-time settings only in pseudo-labellers", _pseudo_only_problem,
           lambda m: {**m, "model_kind": "segmenter", "inputs": json.dumps(json.loads(m["inputs"])[:1])}),
 )
 """Rules between keys (each with a way to break it, for the test)."""

@@ -15,7 +15,7 @@ import pytest
 from aesipe import contract
 from aesipe.config import RunConfig
 from aesipe.contract import METADATA_CHECKS, METADATA_FIELDS, SCHEMA_VERSION, InputFormat, MetadataError, build_metadata, parse_metadata
-from aesipe.contract_fields import Json, key_paths, value_paths
+from aesipe.contract_strings import Json, key_paths, value_paths
 
 CLASSES = ["background", "cat", "dog"]
 
