@@ -13,7 +13,6 @@ from .loading import (
     load_config,
     merge,
     parse_overrides,
-    read_config,
     save_config,
     to_dict,
 )
@@ -39,7 +38,7 @@ from .schema import (
 
 __all__ = [
     "ConfigError", "FieldError", "config_hash", "from_dict", "load_config", "merge", "parse_overrides",
-    "read_config", "save_config", "to_dict",
+    "save_config", "to_dict",
     "PAPER_LR", "REFERENCE_LR", "RUNTIME_ONLY_FIELDS", "SCHEMA_VERSION", "CamConfig", "CrfConfig", "DataConfig", "IrLabelConfig",
     "IrnConfig", "ModelConfig", "RandomWalkConfig", "RunConfig", "RuntimeConfig", "SegConfig", "SolverConfig",
     "TrainConfig", "run_config_from_saved",
