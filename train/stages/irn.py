@@ -19,7 +19,7 @@ from aesipe.models.irn import IRNet, build_irn, irn_losses
 from aesipe.models.path_index import PathIndex, path_index
 from aesipe.utils.errors import UserError
 
-from .. import checkpoint as ckpt_io
+from .. import checkpointing as ckpt_io
 from .. import engine, loop
 from ..runconfig import save_run_config
 from . import reads

@@ -19,7 +19,7 @@ from aesipe.models.deeplab import DeepLabV3Segmenter, build_deeplabv3
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
 
-from .. import checkpoint as ckpt_io
+from .. import checkpointing as ckpt_io
 from .. import engine, loop
 from ..runconfig import save_run_config
 from . import reads, seg_train_split

@@ -77,7 +77,7 @@ def import_authors_checkpoint(cfg: RunConfig, source: str | Path) -> tuple[Path,
     from aesipe.models import import_authors
     from aesipe.utils.errors import UserError
 
-    from .. import checkpoint as ckpt_io
+    from .. import checkpointing as ckpt_io
 
     report = import_authors.convert_authors_state_dict(import_authors.read_authors_state_dict(source))
     try:
