@@ -27,8 +27,7 @@ def _exported(what: str, fmt: str, **kwargs) -> dict[str, str]:
 
     loaded = SimpleNamespace(class_names=list(CLASSES), palette=None, what=what, cfg=RunConfig())
     test_time = CamSettings((1.0, 0.5), True, "fused") if what == "pseudo_labeller" else None
-    return api._metadata(loaded, test_time, SimpleNamespace(name=fmt), 20 if fmt == "onnx" else None,
-                         kwargs.pop("half", False), **kwargs)
+    return api._metadata(loaded, test_time, kwargs.pop("half", False), 20 if fmt == "onnx" else None, **kwargs)
 
 
 def _edit(meta: dict[str, str], key: str, change) -> dict[str, str]:

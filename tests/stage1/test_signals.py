@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from aesipe.train import checkpoint as ckpt_io
+from aesipe.train import checkpointing as ckpt_io
 from aesipe.train.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
