@@ -92,7 +92,10 @@ def test_a_real_single_colour_png_over_the_bound_is_refused_with_bounded_memory(
     """The issue's case: a small, complete PNG (about 420 KB) that decodes to 144 Mpx (~2 GB in the decoder)."""
     path = hostile.png_single_colour(tmp_path / "one_colour.png", 12000, 12000)
     assert path.stat().st_size < 2 * 1024**2
-    child = _read_in_child([(path, 2048), (path, None)])
+    same = tmp_path / "same.png"
+    same.write_bytes(path.read_bytes())
+    child = _read_in_child([(path, 2048), (same, None)])  # labelling's max_side, then training's full size
+    assert len(child["results"]) == 2
     for reason in child["results"].values():
         assert re.search(r"12000x12000 PNG would take 2\.\d GiB to decode, over the 2 GiB one image may take "
                          r"\(aesipe.imaging.MAX_DECODE_BYTES\)", reason), reason
@@ -106,16 +109,16 @@ def _smooth(height: int, width: int) -> np.ndarray:
 
 def test_a_smaller_bound_refuses_by_the_same_rule_and_jpeg_draft_fits_under_it(tmp_path):
     rgb = _smooth(1500, 2000)
-    png = tmp_path / "photo.png"
-    jpeg = tmp_path / "photo.jpg"
+    png, jpeg, small = tmp_path / "photo.png", tmp_path / "photo.jpg", tmp_path / "same_photo.jpg"
     Image.fromarray(rgb).save(png, compress_level=1)
     Image.fromarray(rgb).save(jpeg, quality=90)
-    setup = "imaging.MAX_DECODE_BYTES = 16 * 1024**2"  # 3 Mpx x 15 B = 45 MB full size; 1/4 draft: 3 MB
-    child = _read_in_child([(png, 512), (jpeg, None), (jpeg, 512)], setup=setup)
+    small.write_bytes(jpeg.read_bytes())
+    # 3 Mpx x 15 B + 8 MiB = 53 MB at full size; at max_side 256 draft mode decodes 1/2: 1000 x 750, 19 MB.
+    child = _read_in_child([(png, 256), (jpeg, None), (small, 256)], setup="imaging.MAX_DECODE_BYTES = 24 * 1024**2")
     results = child["results"]
     assert "MAX_DECODE_BYTES" in results[str(png)] and "MAX_DECODE_BYTES" in results[str(jpeg)], results
-    assert child["grew"] < 24 * 1024**2, child
-    assert imaging.read_image(jpeg, 512).rgb.shape == (384, 512, 3)
+    assert results[str(small)] == "decoded 192x256x3", results
+    assert child["grew"] < 32 * 1024**2, child
 
 
 # ---- the per-pixel figures are upper bounds of what the decoder really takes ------------------------------
