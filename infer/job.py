@@ -48,9 +48,11 @@ class LabelJob:
     def layout(self) -> OutputLayout:
         return OutputLayout(self.output_dir)
 
-    def expected(self, task: ImageTask) -> dict:
-        """The record a mask of ``task`` made now would carry (``fingerprint.py``)."""
-        return fingerprint.made_with(self.model_id, self.settings.mask_record(), task.tags, Path(task.path))
+    def made_with(self, task: ImageTask, content: str | None = None) -> dict:
+        """The record a mask of ``task`` made now carries (``fingerprint.py``); without the image's ``content``
+        digest, the part that is compared before the image is looked at."""
+        image = fingerprint.image_identity(task.path, content) if content else None
+        return fingerprint.made_with(self.model_id, self.settings.mask_record(), task.tags, image)
 
     def companions_missing(self, task: ImageTask) -> list[str]:
         """The per-image outputs the settings ask for that a mask on disk lacks: ``confidence`` (needs the
@@ -144,7 +146,7 @@ def plan_job(job: LabelJob, tasks: list[ImageTask], report: Report) -> Plan:
             plan.todo.append(task)
             continue
         try:
-            why = fingerprint.why_stale(fingerprint.read(mask), job.expected(task))
+            why = fingerprint.why_stale(fingerprint.read(mask), job.made_with(task), Path(task.path))
         except OSError:  # the image vanished since the listing: it will fail with its reason
             why = "the image is unreadable"
         missing = job.companions_missing(task) if why is None else []

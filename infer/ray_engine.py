@@ -36,6 +36,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from aesipe.utils.atomic import TEMPORARY_PREFIX
 from aesipe.utils.errors import UserError
 
 from .job import LabelJob, Plan
@@ -104,7 +105,7 @@ def actor_resources(cluster: dict, node_cpus: float, device: str, actors: int | 
 
 def _filesystem_now(folder: Path) -> int:
     """OUTPUT's own clock (a shared filesystem's may differ from this node's), to tell this run's masks apart."""
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".aesipe-clock.", suffix=".tmp") as handle:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMPORARY_PREFIX, suffix=".tmp") as handle:
         return os.fstat(handle.fileno()).st_mtime_ns
 
 
