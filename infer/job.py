@@ -127,9 +127,10 @@ def open_job(model_path: str | Path, input_spec: str | Path, output_dir: str | P
         log(f"warning: --tags {settings.tags_csv} is not used: this model is a segmenter, which labels every class "
             "it knows without tags")
         tags = None
-    names = assign_names(str(image.rel) for image in images)
-    tasks = [ImageTask(str(image.rel), os.path.abspath(image.path), names[str(image.rel)],
+    names = assign_names(image.rel for image in images)
+    tasks = [ImageTask(image.rel, os.path.abspath(image.path), names[image.rel],
                        tags.lookup(image.rel) if tags is not None else None) for image in images]
+    del images  # the tasks hold what is needed; at a million images every byte per image counts
     output_dir.mkdir(parents=True, exist_ok=True)
     model_path = Path(os.path.abspath(model_path))
     job = LabelJob(model_path, fingerprint.file_digest(model_path), info, output_dir, settings, str(input_spec))

@@ -52,7 +52,7 @@ _HASH = 8
 _UNCARRIABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageTask:
     """One input image of a job, with everything a worker needs to label it (picklable, small)."""
 

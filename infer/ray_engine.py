@@ -174,7 +174,7 @@ def _run(ray, rows: list[dict], state: dict, res: dict, todo: int, report: Repor
             bar.update(1)
             if time.perf_counter() - last_flush > REPORT_EVERY_S:
                 last_flush = time.perf_counter()
-                report.write()
+                report.flush()
     except ray.exceptions.RayError as exc:  # not one image's failure: Ray or the cluster gave up
         raise UserError(f"the Ray job stopped ({_last_line(exc)}); the masks written so far are kept and a re-run "
                         "resumes", exit_code=1) from None
