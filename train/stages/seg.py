@@ -67,7 +67,8 @@ def train_seg(cfg: RunConfig) -> Path:
         engine.seed_everything(s.seed)
         ds = open_dataset(cfg.data, split)
         check_training_images(ds, Path(cfg.run_dir), write=info.is_main)  # before step 1, not at step N
-        dataset = SegTrainDataset(ds, labels, s.crop_size, s.scale_range, flip=True, jitter=s.color_jitter, seed=s.seed)
+        dataset = SegTrainDataset(ds, labels, crop_size=s.crop_size, scale_range=s.scale_range, flip=True,
+                                  jitter=s.color_jitter, seed=s.seed)
         model = build_deeplabv3(
             ds.num_classes, s.backbone, backbone_weights(cfg, s.backbone, s.pretrained), s.no_pretrained, s.freeze_bn
         )

@@ -51,7 +51,7 @@ def train_stage1(cfg: RunConfig) -> Path:
         engine.seed_everything(t.seed)
         ds = open_dataset(cfg.data, cfg.data.train_split)
         check_training_images(ds, Path(cfg.run_dir), write=info.is_main)  # before step 1, not at step N
-        dataset = ClassificationDataset(ds, t.crop_size, t.resize_long, flip=True, seed=t.seed)
+        dataset = ClassificationDataset(ds, crop_size=t.crop_size, resize_long=t.resize_long, flip=True, seed=t.seed)
         model = build_aesipe(cfg, ds.num_classes)
         optimizer, scheduler, spec = loop.solver_setup(
             t, "train", model.parameter_groups(), [1.0, t.new_layer_lr_mult], len(ds), info, cfg.runtime,
