@@ -246,7 +246,8 @@ class ListOf(Spec):
         if not self.min_length <= len(value) <= self.max_length:
             size = (f"{self.min_length}" if self.min_length == self.max_length
                     else f"{self.min_length} to {self.max_length}")
-            raise FieldError(path, f"must hold {size} items, got {len(value)}")
+            plural = "" if self.max_length == 1 else "s"
+            raise FieldError(path, f"must hold {size} item{plural}, got {len(value)}")
         items = [self.item.parse(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if self.unique:
             seen: set = set()

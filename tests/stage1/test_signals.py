@@ -65,6 +65,7 @@ main()
 """
 
 
+@pytest.mark.slow  # a training in a subprocess, then its resumption: ~30 s on 2 busy cores
 def test_training_keeps_its_checkpoint_and_a_rerun_resumes(tmp_path, make_overrides, signum=signal.SIGTERM):
     run, ready = tmp_path / "run", tmp_path / "ready"
     overrides = make_overrides()  # 4 steps, a checkpoint every 2
