@@ -39,8 +39,9 @@ DEFAULT_MAX_SIDE = 2048
 MAX_DECODE_BYTES = 2 * 1024**3
 """The most memory one image decode may take, in bytes (2 GiB). aesipe-label decodes with up to 4 threads at
 once (``--workers``), so decoding alone stays within 8 GiB, a third of a 24 GiB machine, leaving the rest to
-the model, its batches and the writers. At ~15 bytes per RGB pixel it admits a 140 Mpx PNG or TIFF at full
-size, and any baseline JPEG (up to 65535 x 65535) when a ``max_side`` lets draft mode decode it at 1/8."""
+the model, its batches and the writers. At 15 bytes per RGB pixel it admits a 140 Mpx TIFF at full size (a PNG,
+whose EXIF rotation is only known after decoding, 110 Mpx), and any baseline JPEG (up to 65535 x 65535) when a
+``max_side`` lets draft mode decode it at 1/8."""
 MAX_PIXELS = 65535 * 65535
 """Largest size a header may declare (the largest JPEG): larger ones are refused from the header."""
 _PEAK_BYTES_PER_PIXEL = {
