@@ -28,7 +28,7 @@ def _listed(name: str) -> str:
     return ",".join(str(v) for v in DEFAULTS[name])
 
 
-@app.command(no_args_is_help=True, help="Label every image INPUT names into OUTPUT/masks/ (palette PNGs of class indices, the "
+@app.command(help="Label every image INPUT names into OUTPUT/masks/ (palette PNGs of class indices, the "
                   "input's size) and write OUTPUT/report.json. A re-run keeps the masks that the same model, settings "
                   "and tags made and redoes the others.")
 @user_errors(PROG)

@@ -307,3 +307,19 @@ def test_a_slow_image_does_not_hold_back_the_others(seg_onnx, photo_folder, tmp_
     monkeypatch.setattr(job, "save_label_png", counting_save)
     report = folder.label_folder(seg_onnx, photo_folder, out, workers=2, batch_size=1, progress=False)
     assert report.ok == 5 and saved[-1] == "a.png"
+
+
+def test_model_and_input_given_the_other_way_round_are_named_as_such(seg_onnx, photo_folder, tmp_path):
+    result = _label(photo_folder, seg_onnx, tmp_path / "out")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "the order is MODEL INPUT OUTPUT" in lines[0], result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mistake", [["--classes", "unicorn"], ["--tags", "missing.csv"], ["--tile", "8"],
+                                     ["--half"], ["--format", "svg"], ["--streams", "0"]])
+def test_a_usage_error_found_before_any_work_leaves_no_output_folder(seg_onnx, photo_folder, tmp_path, mistake):
+    out = tmp_path / "deep" / "out"
+    result = _label(seg_onnx, photo_folder, out, *mistake)
+    assert result.exit_code == 2 and "aesipe-label: error:" in result.output, result.output
+    assert not (tmp_path / "deep").exists()
