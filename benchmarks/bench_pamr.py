@@ -199,8 +199,9 @@ def write_results(device: str, table: str, repeats: int, load_before: float, res
         section = section.rstrip("\n") + "\n\n" + block
     if "### CUDA" not in section:
         section += (
-            "\n### CUDA\n\nNot measured: no GPU was lent for this task. Run "
-            "`python benchmarks/bench_pamr.py --device cuda --write` on a GPU machine to fill this in.\n"
+            "\n### CUDA\n\nNot measured: no GPU has been lent to this project yet. On a GPU machine `OUT=dir "
+            "benchmarks/gpu_check.sh` measures it\n(with the labelling and mixed-precision stage-1 tables) into "
+            "`dir/RESULTS.md`; or run\n`python benchmarks/bench_pamr.py --device cuda --write`.\n"
         )
     results.write_text(text[:start] + section.rstrip("\n") + "\n" + ("\n" + text[end:] if text[end:] else ""))
 

@@ -8,8 +8,10 @@
 # Steps (each logs to $OUT/<step>.log; $OUT/summary.md lists them with status and seconds):
 #   setup    reuse $VENV when it already has torch, onnxruntime and aesipe (nothing is downloaded then), else
 #            `make setup EXTRAS=$EXTRAS` (needs a package registry); $PYTHON overrides the interpreter
-#   build    python -m aesipe.ops build --cuda  (into build/test-cache, where the tests look first)
+#   build    python -m aesipe.ops build --cuda, for the architectures a shipped build has (TORCH_CUDA_ARCH_LIST,
+#            default 8.0;9.0+PTX), into build/test-cache, where the tests look first
 #   tests    pytest tests/ops, CPU + CUDA + emulated CUDA (on a GPU, any skipped CUDA test is a failure)
+#   ptx      the CUDA parity tests again with CUDA_FORCE_PTX_JIT=1: the PTX that GPUs newer than the cubins get
 #   pamr     benchmarks/bench_pamr.py --device cuda, written into $OUT/RESULTS.md (a copy of the repository's)
 #   label    benchmarks/bench_label.py --device cuda --half  -> $OUT/bench_label.md
 #   amp      benchmarks/bench_amp_step.py: AMP stage-1 steps, ResNet-50, batch 16, crop 512 -> $OUT/amp_stage1.md
@@ -69,6 +71,10 @@ if ! GPU=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))" 2>
   exit 1
 fi
 SMOKE=${GPU_CHECK_SMOKE:-$((1 - GPU))}
+# What a build without a visible GPU gets. Every process then computes the same build key: the build step's
+# library is the one tested and measured, not one for the visible GPU alone.
+TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PYTHON" -c "from aesipe.ops._build import DEFAULT_CUDA_ARCH_LIST as a; print(a)")}
+export TORCH_CUDA_ARCH_LIST
 if [ "$SMOKE" = 0 ] && [ "$GPU" = 0 ]; then
   log "GPU_CHECK_SMOKE=0 but torch sees no GPU: stopping"
   exit 1
@@ -96,6 +102,8 @@ cuda_tests() {
   fi
 }
 step tests cuda_tests
+# The driver compiles the library's PTX instead of loading a cubin, as on a GPU newer than every cubin.
+step ptx env CUDA_FORCE_PTX_JIT=1 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/ops -m cuda -k "parity or emulat"
 
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 step pamr "$PYTHON" benchmarks/bench_pamr.py --device "$DEVICE" "${PAMR_ARGS[@]}" --write --results "$OUT/RESULTS.md"

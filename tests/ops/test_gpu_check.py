@@ -13,7 +13,7 @@ import aesipe
 
 REPO = Path(aesipe.__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
-STEPS = ["setup", "build", "tests", "pamr", "label", "amp"]
+STEPS = ["setup", "build", "tests", "ptx", "pamr", "label", "amp"]
 
 
 def _run(out: Path, **env: str) -> subprocess.CompletedProcess:
