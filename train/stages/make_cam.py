@@ -10,7 +10,7 @@ keeps the background and the image's own classes.
 [K, H, W] = the map ``cam.map`` picks, ``cam`` [K, H, W] the plain CAM (its background is the network's:
 1 - max over *all* classes' CAMs), ``iscam`` [K, H, W] and, for a model with affinity enhancement,
 ``aeiscam`` [K, H, W] -- so eval can judge every map of one run. The folder remembers the checkpoint and
-settings it was made with (``train/outputs.py``): a re-run with the same ones resumes, other ones redo it.
+settings it was made with (``train/output_folders.py``): a re-run with the same ones resumes, other ones redo it.
 """
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ from aesipe.pseudo_labels import keep_image_classes, max_normalise
 from aesipe.utils.atomic import atomic_save
 from aesipe.utils.errors import UserError
 
-from .. import checkpoint as ckpt_io
+from .. import checkpointing as ckpt_io
 from .. import engine
-from ..outputs import file_identity, prepare_output_dir
+from ..output_folders import file_identity, prepare_output_dir
 from ..runconfig import save_run_config
+from . import pipeline_splits, reads
 from .evaluate import cam_dir
 from .stage1 import final_checkpoint_path
 
@@ -127,3 +128,15 @@ def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path |
         record = cam_record(maps, labels, cfg.cam.map)
         atomic_save(out_dir / f"{image_id}.npz", lambda handle, record=record: np.savez(handle, **record))
     return out_dir
+
+
+@reads("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map", "cam.pamr")
+def run_make_cam(cfg: RunConfig) -> dict:
+    """The pipeline's ``make-cam``: one pass per set of images (a folder dataset's train_aug is its train, and
+    the CAM folder is shared)."""
+    from aesipe.data import resolve_split
+
+    by_images = {resolve_split(cfg.data, split): split for split in pipeline_splits(cfg, "train", "seg", "cam")}
+    for split in by_images.values():
+        make_cams(cfg, split)
+    return {}
