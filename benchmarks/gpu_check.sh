@@ -47,34 +47,42 @@ step() {
   log "$name: $status after $((SECONDS - start)) s"
 }
 
-setup() {
-  if [ -x "$PYTHON" ] && "$PYTHON" -c "import torch, onnxruntime, aesipe.train, aesipe.export" 2>/dev/null; then
-    echo "using $PYTHON as it is (no download)"
-  elif [ "$PYTHON" = "$VENV/bin/python" ]; then
-    make setup EXTRAS="$EXTRAS" VENV="$VENV"
-  else
-    "$PYTHON" -m pip install -q -e ".[$EXTRAS]"
-  fi
+# One interpreter start: versions and GPU to the log, then "GPU <0|1> <default arch list>" as the last line.
+probe() {
   "$PYTHON" - <<'EOF'
 import platform, torch, onnxruntime as ort
+import aesipe.export, aesipe.train
+from aesipe.ops._build import DEFAULT_CUDA_ARCH_LIST
 print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda,
       "| GPU", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
 print("onnxruntime", ort.__version__, "| providers", ort.get_available_providers())
+print("GPU", int(torch.cuda.is_available()), DEFAULT_CUDA_ARCH_LIST)
 EOF
 }
 
+setup() {
+  if [ -x "$PYTHON" ] && probe >"$WORK/probe.txt" 2>/dev/null; then
+    echo "using $PYTHON as it is (no download)"
+  elif [ "$PYTHON" = "$VENV/bin/python" ]; then
+    make setup EXTRAS="$EXTRAS" VENV="$VENV" && probe >"$WORK/probe.txt"
+  else
+    "$PYTHON" -m pip install -q -e ".[$EXTRAS]" && probe >"$WORK/probe.txt"
+  fi || return 1
+  head -n 2 "$WORK/probe.txt"
+}
+
 printf '# gpu_check %s\n\n| step | status | seconds |\n|---|---|---|\n' "$(date -u +%FT%TZ)" >"$SUMMARY"
+rm -f "$WORK/probe.txt"
 step setup setup
 cat "$OUT/setup.log" >>"$OUT/gpu_check.log"
-if ! GPU=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))" 2>>"$OUT/gpu_check.log"); then
-  log "no usable Python with torch at $PYTHON: stopping"
+if ! read -r _ GPU DEFAULT_ARCHS < <(tail -n 1 "$WORK/probe.txt" 2>/dev/null) || [ -z "${DEFAULT_ARCHS:-}" ]; then
+  log "no usable Python with torch and aesipe at $PYTHON: stopping"
   exit 1
 fi
 SMOKE=${GPU_CHECK_SMOKE:-$((1 - GPU))}
 # What a build without a visible GPU gets. Every process then computes the same build key: the build step's
 # library is the one tested and measured, not one for the visible GPU alone.
-TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PYTHON" -c "from aesipe.ops._build import DEFAULT_CUDA_ARCH_LIST as a; print(a)")}
-export TORCH_CUDA_ARCH_LIST
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$DEFAULT_ARCHS}
 if [ "$SMOKE" = 0 ] && [ "$GPU" = 0 ]; then
   log "GPU_CHECK_SMOKE=0 but torch sees no GPU: stopping"
   exit 1
