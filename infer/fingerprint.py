@@ -81,10 +81,11 @@ def why_stale(old: dict[str, Any] | None, new: dict[str, Any], image: Path) -> s
         return "other " + "/".join(changed)
     if old.get("tags") != new["tags"]:
         return "other tags"
-    return _image_changed(old.get("image"), image)
+    return image_changed(old.get("image"), image)
 
 
-def _image_changed(recorded: Any, image: Path) -> str | None:
+def image_changed(recorded: Any, image: Path) -> str | None:
+    """None if ``image`` is the image ``recorded`` (``image_identity``) describes, else why not."""
     if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
         return "made without a check of the image's content (an earlier aesipe)"
     status = os.stat(image)

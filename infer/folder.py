@@ -124,7 +124,7 @@ def summarise(job: LabelJob, labeler: Labeler, report: Report, stats: RunStats, 
     return {
         "model": str(job.model_path), "model_sha256_16": job.model_id, "model_kind": job.info.model_kind,
         "providers": labeler.providers, "provider_fallback": labeler.fallback,
-        "processed_this_run": stats.processed, "resumed": sum(1 for r in report.images.values() if r.get("resumed")),
+        "processed_this_run": stats.processed, "resumed": report.resumed,
         "seconds": round(seconds, 3),
         "images_per_second": round(stats.processed / seconds, 3) if seconds > 0 and stats.processed else None,
         "stage_busy_seconds": {k: round(v, 3) for k, v in stats.seconds.items()},
@@ -137,8 +137,8 @@ def summarise(job: LabelJob, labeler: Labeler, report: Report, stats: RunStats, 
 
 def failure_lines(report: Report) -> list[str]:
     """The first few failures with their reasons, then a count (for the console)."""
-    failed = [(rel, r.get("reason", "")) for rel, r in sorted(report.images.items()) if r.get("status") == "failed"]
-    lines = [f"failed: {rel}: {reason}" for rel, reason in failed[:FAILURES_SHOWN]]
+    failed = sorted(rel for rel, status in report.statuses() if status == "failed")
+    lines = [f"failed: {rel}: {report.images[rel].get('reason', '')}" for rel in failed[:FAILURES_SHOWN]]
     if len(failed) > FAILURES_SHOWN:
         lines.append(f"... and {len(failed) - FAILURES_SHOWN} more failures (see {report.path})")
     return lines

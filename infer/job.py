@@ -8,6 +8,7 @@ whole) and its ``ImageTask`` list. ``plan_job`` then decides which masks of an e
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from .companions import check_cvat_palette, load_confidence_png, require_pycocot
 from .inputs import resolve_inputs
 from .labeler import Labeler
 from .layout import ImageTask, OutputLayout, assign_names
-from .report import Report, confidence_record, mask_record
+from .report import MASK_FILE, Report, confidence_record, mask_record
 from .session import check_model_path
 from .settings import LabelSettings
 
@@ -44,15 +45,31 @@ class LabelJob:
     input_spec: str
     """INPUT as the user gave it (the sheet's title)."""
 
-    @property
+    @functools.cached_property
     def layout(self) -> OutputLayout:
         return OutputLayout(self.output_dir)
+
+    @functools.cached_property
+    def _mask_record(self) -> dict:
+        return self.settings.mask_record()
+
+    @functools.cached_property
+    def _settings_keys(self) -> dict:
+        return {}
+
+    def settings_key(self, task: ImageTask) -> str:
+        """A short digest of what a mask of ``task`` is made from besides the image (model, settings, tags): equal
+        keys, equal ``made_with`` but for the image. One per tag set (computed once)."""
+        key = self._settings_keys.get(task.tags)
+        if key is None:
+            key = self._settings_keys[task.tags] = fingerprint.digest(self.made_with(task))
+        return key
 
     def made_with(self, task: ImageTask, content: str | None = None) -> dict:
         """The record a mask of ``task`` made now carries (``fingerprint.py``); without the image's ``content``
         digest, the part that is compared before the image is looked at."""
         image = fingerprint.image_identity(task.path, content) if content else None
-        return fingerprint.made_with(self.model_id, self.settings.mask_record(), task.tags, image)
+        return fingerprint.made_with(self.model_id, self._mask_record, task.tags, image)
 
     def companions_missing(self, task: ImageTask) -> list[str]:
         """The per-image outputs the settings ask for that a mask on disk lacks: ``confidence`` (needs the
@@ -127,13 +144,23 @@ def open_job(model_path: str | Path, input_spec: str | Path, output_dir: str | P
         log(f"warning: --tags {settings.tags_csv} is not used: this model is a segmenter, which labels every class "
             "it knows without tags")
         tags = None
-    names = assign_names(str(image.rel) for image in images)
-    tasks = [ImageTask(str(image.rel), os.path.abspath(image.path), names[str(image.rel)],
+    names = assign_names(image.rel for image in images)
+    tasks = [ImageTask(image.rel, os.path.abspath(image.path), names[image.rel],
                        tags.lookup(image.rel) if tags is not None else None) for image in images]
+    del images  # the tasks hold what is needed; at a million images every byte per image counts
     output_dir.mkdir(parents=True, exist_ok=True)
     model_path = Path(os.path.abspath(model_path))
     job = LabelJob(model_path, fingerprint.file_digest(model_path), info, output_dir, settings, str(input_spec))
     return job, labeler, tasks
+
+
+def mask_status(mask: Path) -> list[int] | None:
+    """What a report record holds of its mask file (size, mtime), or None if there is no mask file."""
+    try:
+        status = os.stat(mask)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns]
 
 
 def plan_job(job: LabelJob, tasks: list[ImageTask], report: Report) -> Plan:
@@ -142,11 +169,24 @@ def plan_job(job: LabelJob, tasks: list[ImageTask], report: Report) -> Plan:
     plan, layout = Plan(), job.layout
     for task in tasks:
         mask = layout.mask(task.name)
-        if job.settings.overwrite or not mask.is_file():
+        status = None if job.settings.overwrite else mask_status(mask)
+        if status is None:
             plan.todo.append(task)
             continue
+        previous = report.images.get(task.rel)
+        key = job.settings_key(task)
+        # The report's record stands for what the mask records while the mask file is the one it describes
+        # (same size and mtime) and it was made with today's model, settings and tags: then no mask is read, and
+        # only the image is looked at. Otherwise the mask's own record decides.
+        known = bool(previous and previous.get("status") == "ok" and report.mask_file(task.rel) == status
+                     and previous.get("settings_key") == key and isinstance(previous.get("image"), dict))
+        recorded = None
         try:
-            why = fingerprint.why_stale(fingerprint.read(mask), job.made_with(task), Path(task.path))
+            if known:
+                why = fingerprint.image_changed(previous["image"], Path(task.path))
+            else:
+                recorded = fingerprint.read(mask)
+                why = fingerprint.why_stale(recorded, job.made_with(task), Path(task.path))
         except OSError:  # the image vanished since the listing: it will fail with its reason
             why = "the image is unreadable"
         missing = job.companions_missing(task) if why is None else []
@@ -154,7 +194,12 @@ def plan_job(job: LabelJob, tasks: list[ImageTask], report: Report) -> Plan:
             why = "without a confidence map"
         if why is None:
             plan.kept.append(task)
-            report.set(task.rel, {**kept_record(job, task, report.images.get(task.rel)), "resumed": True})
+            record = kept_record(job, task, previous)
+            if not (known and record is previous and previous.get("resumed")):  # a no-op re-run rewrites no record
+                image = previous["image"] if known else recorded["image"]
+                report.set(task.rel, {**record, "resumed": True, "image": image, "settings_key": key,
+                                      "fingerprint": previous["fingerprint"] if known else fingerprint.digest(recorded),
+                                      MASK_FILE: status})
             if missing:
                 plan.companions_missing.append(task)
         else:
@@ -170,6 +215,8 @@ def kept_record(job: LabelJob, task: ImageTask, previous: dict | None) -> dict:
     record = previous if previous and previous.get("status") == "ok" else None
     if record is None:
         record = mask_record(load_label_png(layout.mask(task.name)), job.info.classes, layout.mask_rel(task.name))
+    if not (job.settings.confidence or "confidence" in record):
+        return record  # no confidence map asked for nor recorded: nothing to look for
     confidence = layout.confidence(task.name)
     if confidence.is_file():
         if "mean_confidence" not in record:

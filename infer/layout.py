@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -52,7 +52,7 @@ _HASH = 8
 _UNCARRIABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageTask:
     """One input image of a job, with everything a worker needs to label it (picklable, small)."""
 
@@ -95,24 +95,25 @@ def _make_carriable(name: str, rel: str) -> str:
 
 def assign_names(rels: Iterable[str]) -> dict[str, str]:
     """One output name per image path (see the module docstring); one-to-one, or ``UserError``."""
-    rels = list(rels)
-    stems = {rel: strip_image_suffix(rel) for rel in rels}
-    stem_count = Counter(_fold(stem) for stem in stems.values())
-    taken_paths = {_fold(rel) for rel in rels}
-    names = {}
+    folded = {rel: _fold(rel) for rel in rels}
+    stems = {rel: strip_image_suffix(rel) for rel in folded}
+    folded_stems = {rel: _fold(stem) for rel, stem in stems.items()}
+    stem_count = Counter(folded_stems.values())
+    taken_paths = set(folded.values())
+    names, folded_names = {}, {}
     for rel, stem in stems.items():
         # A stem shared with another image, or equal to another image's whole path, would be ambiguous.
-        plain = stem_count[_fold(stem)] == 1 and (_fold(stem) == _fold(rel) or _fold(stem) not in taken_paths)
-        names[rel] = stem if plain else rel
-    by_name = defaultdict(list)
+        fs = folded_stems[rel]
+        plain = stem_count[fs] == 1 and (fs == folded[rel] or fs not in taken_paths)
+        names[rel], folded_names[rel] = (stem, fs) if plain else (rel, folded[rel])
+    name_count = Counter(folded_names.values())
     for rel, name in names.items():
-        by_name[_fold(name)].append(rel)
-    for rel, name in names.items():
-        if len(by_name[_fold(name)]) > 1 or not _carriable(name):  # same but for case, or not carriable
+        if name_count[folded_names[rel]] > 1 or not _carriable(name):  # same but for case, or not carriable
             names[rel] = _make_carriable(name, rel)
+            folded_names[rel] = _fold(names[rel])
     seen: dict[str, str] = {}
-    for rel, name in names.items():
-        other = seen.setdefault(_fold(name), rel)
+    for rel in names:
+        other = seen.setdefault(folded_names[rel], rel)
         if other != rel:
             raise UserError(f"{other!r} and {rel!r} cannot be given outputs of their own (their names collide "
                             "even with a hash): rename one of them")

@@ -134,7 +134,7 @@ def run(job: LabelJob, labeler: Labeler, plan: Plan, report: Report, stats, prog
             pending.popleft().result()
         if time.perf_counter() - last_flush[0] > REPORT_EVERY_S:
             last_flush[0] = time.perf_counter()
-            report.write()
+            report.flush()
 
     def run_batch(batch) -> None:
         collect(streams - 1)  # a free stream: prepared images wait here, not in an unbounded queue

@@ -17,9 +17,10 @@ from aesipe.utils.atomic import temporary_name
 
 from . import fingerprint
 from .items import Prepared
-from .job import LabelJob, kept_record
+from .job import LabelJob, kept_record, mask_status
 from .labeler import Labeler
 from .layout import ImageTask
+from .report import MASK_FILE
 from .steps import MaskWriter, decode, is_machine_fault, run_batch_or_singles
 
 TRIES_PER_IMAGE = 3
@@ -98,7 +99,8 @@ def written_this_run(job: LabelJob, task: ImageTask, started_ns: int) -> dict | 
         recorded = fingerprint.read(mask)
         if fingerprint.why_stale(recorded, job.made_with(task), Path(task.path)) is not None or job.companions_missing(task):
             return None
-        return {**kept_record(job, task, None), "fingerprint": fingerprint.digest(recorded)}
+        return {**kept_record(job, task, None), "fingerprint": fingerprint.digest(recorded), "image": recorded["image"],
+                "settings_key": job.settings_key(task), MASK_FILE: mask_status(mask)}
     except Exception:  # missing, unreadable, half-written companions: label it again
         return None
 

@@ -26,10 +26,10 @@ from aesipe.utils.labelpng import load_label_png, save_label_png
 
 from . import companions, fingerprint
 from .items import Labelled, Prepared
-from .job import LabelJob
+from .job import LabelJob, mask_status
 from .labeler import Labeler
 from .layout import ImageTask
-from .report import confidence_record, mask_record
+from .report import MASK_FILE, confidence_record, mask_record
 
 MACHINE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 """Write errors that are the machine's, not one image's: they stop the run instead of failing every image."""
@@ -100,8 +100,12 @@ class MaskWriter:
         for stale in layout.companions(task.name):
             stale.unlink(missing_ok=True)  # the old mask's companions go before the new mask replaces it
         save_label_png(layout.mask(task.name), labelled.labels, self.palette, fingerprint.encode(made_with))
+        # The report keeps what the mask records and the mask file's status, so a re-run of an unchanged folder
+        # need not read the masks (``job.recorded_made_with``).
         record = {**mask_record(labelled.labels, self.job.info.classes, layout.mask_rel(task.name)),
-                  "fingerprint": fingerprint.digest(made_with)}
+                  "fingerprint": fingerprint.digest(made_with), "image": made_with["image"],
+                  "settings_key": self.job.settings_key(task),
+                  MASK_FILE: mask_status(layout.mask(task.name))}
         if self.settings.confidence:
             companions.save_confidence_png(layout.confidence(task.name), labelled.confidence)
             record.update(confidence_record(labelled.confidence, layout.confidence_rel(task.name)))

@@ -102,7 +102,8 @@ def train_irn(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(c.seed)
         ds = open_dataset(cfg.data, split)
-        crops = SegTrainDataset(ds, labels, c.crop_size, c.scale_range, flip=True, jitter=0.0, seed=c.seed)
+        crops = SegTrainDataset(ds, labels, crop_size=c.crop_size, scale_range=c.scale_range, flip=True, jitter=0.0,
+                                seed=c.seed)
         dataset = AffinityDataset(crops, index)
         model = build_irn(c.backbone, backbone_weights(cfg, c.backbone, c.pretrained), c.no_pretrained)
         optimizer, scheduler, spec = loop.solver_setup(

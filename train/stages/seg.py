@@ -65,7 +65,8 @@ def train_seg(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(s.seed)
         ds = open_dataset(cfg.data, split)
-        dataset = SegTrainDataset(ds, labels, s.crop_size, s.scale_range, flip=True, jitter=s.color_jitter, seed=s.seed)
+        dataset = SegTrainDataset(ds, labels, crop_size=s.crop_size, scale_range=s.scale_range, flip=True,
+                                  jitter=s.color_jitter, seed=s.seed)
         model = build_deeplabv3(
             ds.num_classes, s.backbone, backbone_weights(cfg, s.backbone, s.pretrained), s.no_pretrained, s.freeze_bn
         )

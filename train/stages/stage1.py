@@ -49,7 +49,7 @@ def train_stage1(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(t.seed)
         ds = open_dataset(cfg.data, cfg.data.train_split)
-        dataset = ClassificationDataset(ds, t.crop_size, t.resize_long, flip=True, seed=t.seed)
+        dataset = ClassificationDataset(ds, crop_size=t.crop_size, resize_long=t.resize_long, flip=True, seed=t.seed)
         model = build_aesipe(cfg, ds.num_classes)
         optimizer, scheduler, spec = loop.solver_setup(
             t, "train", model.parameter_groups(), [1.0, t.new_layer_lr_mult], len(ds), info, cfg.runtime,
