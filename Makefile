@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= cpu,export,crf,dev
 STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: setup test test-fast demo bench build-ext clean lint
+.PHONY: setup test test-fast demo bench build-ext gpu-check clean lint
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: setup
 # Ahead-of-time build of the fused PAMR library (CPU, plus CUDA when a CUDA torch and nvcc exist).
 build-ext: setup
 	$(BIN)/python -m aesipe.ops build
+
+# The CUDA half in one call on a GPU machine (build, CUDA tests, PAMR/labelling/AMP benchmarks; tables in OUT).
+# Without a GPU it runs every step's CPU form at toy size (a check of the script, no figures).
+gpu-check:
+	OUT=$${OUT:-build/gpu-check-out} VENV=$(VENV) benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

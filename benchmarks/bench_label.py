@@ -2,6 +2,7 @@
 
     python benchmarks/bench_label.py [--images 48] [--checkpoint seg/final.pt] [--work DIR] [--ray-actors 1,2]
                                      [--int8-model segmenter_int8.onnx] [--rounds 1] [--folder PHOTOS] [--one-stream]
+                                     [--device cpu|cuda] [--half]
 
 Same model (DeepLabV3-MobileNetV2: random init unless --checkpoint), same folder of synthetic 500x375
 JPEGs (or the *.jpg of ``--folder``, e.g. real photos of mixed sizes), same output (palette PNGs). Each
@@ -21,7 +22,9 @@ The plain ONNX Runtime loop is examples/ort_client.py's pre-processing, one imag
 ``--int8-model`` (an `aesipe-export --int8` file of the same checkpoint) adds an aesipe-label row for it (its
 "same masks" counts masks equal to the float32 file's); ``--rounds N`` runs the contenders N times, alternating;
 ``--one-stream`` adds each aesipe-label row again with ``--streams 1`` (its default runs two model calls at once
-on a CPU of two cores or more).
+on a CPU of two cores or more). ``--device cuda`` runs every contender on the GPU (ONNX Runtime's CUDA provider;
+aesipe-label's --device cuda, which binds inputs and outputs with IO binding); ``--half`` exports and labels
+with a float16 file (``aesipe-export --half``, ``aesipe-label --half``).
 """
 from __future__ import annotations
 
@@ -71,16 +74,16 @@ def make_checkpoint(path: Path) -> None:
                 "config": to_dict(cfg), "class_names": CLASSES}, path)
 
 
-def prepare_worker(checkpoint: Path, model: Path) -> None:
+def prepare_worker(checkpoint: Path, model: Path, half: bool) -> None:
     if not checkpoint.exists():
         make_checkpoint(checkpoint)
     if not model.exists():
         from aesipe.export.api import export_model
 
-        export_model(checkpoint, model, log=lambda m: print(f"  export: {m}"))
+        export_model(checkpoint, model, half=half, log=lambda m: print(f"  export: {m}"))
 
 
-def eager_worker(checkpoint: Path, folder: Path, out: Path) -> None:
+def eager_worker(checkpoint: Path, folder: Path, out: Path, device: str) -> None:
     """The baseline: one image at a time, PIL decode -> normalise -> model -> argmax -> PNG."""
     import torch
 
@@ -88,7 +91,7 @@ def eager_worker(checkpoint: Path, folder: Path, out: Path) -> None:
     from aesipe.utils.labelpng import save_label_png, voc_palette
 
     started = time.perf_counter()
-    net = load_source(checkpoint).net.eval()
+    net = load_source(checkpoint).net.eval().to(device)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     palette = voc_palette()
@@ -98,14 +101,14 @@ def eager_worker(checkpoint: Path, folder: Path, out: Path) -> None:
         for path in paths:
             rgb = np.asarray(Image.open(path).convert("RGB"))
             x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std
-            out_ = net(x[None])
+            out_ = net(x[None].to(device))
             logits = out_["out"] if isinstance(out_, dict) else out_
-            save_label_png(out / (path.stem + ".png"), logits[0].argmax(0).to(torch.uint8).numpy(), palette)
+            save_label_png(out / (path.stem + ".png"), logits[0].argmax(0).to(torch.uint8).cpu().numpy(), palette)
     end = time.perf_counter()
     print(json.dumps({"loop_s": end - loop, "total_s": end - started, "images": len(paths)}))
 
 
-def ort_worker(model: Path, folder: Path, out: Path) -> None:
+def ort_worker(model: Path, folder: Path, out: Path, device: str) -> None:
     """The plain ONNX Runtime loop: one image at a time, ort_client's pre-processing -> labels -> PNG."""
     import importlib.util
 
@@ -117,7 +120,10 @@ def ort_worker(model: Path, folder: Path, out: Path) -> None:
     client = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(client)
     started = time.perf_counter()
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(model), providers=providers)
+    if session.get_providers()[0] != providers[0]:
+        raise SystemExit(f"onnxruntime runs on {session.get_providers()}, not {providers[0]}")
     fmt = json.loads(session.get_modelmeta().custom_metadata_map["input_format"])
     palette = voc_palette()
     loop = time.perf_counter()
@@ -186,16 +192,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="run the contenders this many times, alternating")
     parser.add_argument("--one-stream", action="store_true",
                         help="also run each aesipe-label row with --streams 1 (one model call at a time, every core)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every contender runs")
+    parser.add_argument("--half", action="store_true", help="export and label a float16 file")
     parser.add_argument("--eager-worker", nargs=3, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ort-worker", nargs=3, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prepare-worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.eager_worker:
-        return eager_worker(*args.eager_worker)
+        return eager_worker(*args.eager_worker, args.device)
     if args.ort_worker:
-        return ort_worker(*args.ort_worker)
+        return ort_worker(*args.ort_worker, args.device)
     if args.prepare_worker:
-        return prepare_worker(*args.prepare_worker)
+        return prepare_worker(*args.prepare_worker, args.half)
 
     work = args.work
     load_before = load_average()
@@ -211,9 +219,10 @@ def main() -> None:
     # Named after the checkpoint's path and time: another checkpoint of the same file name never reuses its export
     # (the default random one, made by the worker below, is always the same model).
     stamp = f"{checkpoint.resolve()}:{checkpoint.stat().st_mtime_ns}" if args.checkpoint else "random"
-    model = work / f"{checkpoint.stem}_{hashlib.sha256(stamp.encode()).hexdigest()[:10]}.onnx"
+    model = work / f"{checkpoint.stem}_{hashlib.sha256(stamp.encode()).hexdigest()[:10]}{'_fp16' if args.half else ''}.onnx"
     # In a child: Linux carries a parent's peak RSS into children it forks, so this process stays torch-free.
-    subprocess.run([sys.executable, __file__, "--prepare-worker", str(checkpoint), str(model)], check=True)
+    me = [sys.executable, __file__, "--device", args.device] + (["--half"] if args.half else [])
+    subprocess.run(me + ["--prepare-worker", str(checkpoint), str(model)], check=True)
 
     def contender(name: str, cmd: list[str], out: Path, label_run: bool) -> dict:
         """Run one contender writing its masks under ``out``; aesipe-label's own figures come from its report."""
@@ -231,9 +240,8 @@ def main() -> None:
         return {"name": name, "ips": ips, "steady": steady, "first": first, "wall": wall, "rss": rss, "masks": masks,
                 "summary": summary}
 
-    me = [sys.executable, __file__]
     label = [str(Path(sys.executable).with_name("aesipe-label")), str(model), str(folder)]
-    options = ["--overwrite", "--batch-size", str(args.batch_size)]
+    options = ["--overwrite", "--batch-size", str(args.batch_size), "--device", args.device] + (["--half"] if args.half else [])
     rounds = []
     for _ in range(max(1, args.rounds)):
         eager = contender("eager PyTorch loop", me + ["--eager-worker", str(checkpoint), str(folder), f"{work}/eager_out"],
@@ -264,7 +272,8 @@ def main() -> None:
 
     what = f"checkpoint {args.checkpoint}" if args.checkpoint else "random init, 21 classes"
     photos = f"{count} JPEGs of {folder}" if args.folder else f"{count} JPEGs 500x375"
-    print(f"\n{photos}, DeepLabV3-MobileNetV2 ({what}), {platform.processor() or platform.machine()}, "
+    gpu = f", {args.device} ({'float16' if args.half else 'float32'} file)" if args.device == "cuda" or args.half else ""
+    print(f"\n{photos}, DeepLabV3-MobileNetV2 ({what}){gpu}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}, load average (1, 5, 15 min) {load_before} before, "
           f"{load_after} after\n")
     print("| round | contender | images/s | steady images/s | first mask s | Ray first result s | total wall s "

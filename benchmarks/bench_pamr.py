@@ -1,6 +1,6 @@
 """Benchmark PAMR: reference (pure PyTorch) vs the fused op, time and peak extra memory.
 
-    python benchmarks/bench_pamr.py [--device cpu|cuda] [--repeats N] [--write]
+    python benchmarks/bench_pamr.py [--device cpu|cuda] [--repeats N] [--write [--results FILE]] [--smoke]
 
 Cases: 1 x 21 x 321 x 321 (mask 41 x 41) and 16 x 21 x 128 x 128 (mask 16 x 16), 10 iterations,
 dilations (1, 2, 4, 8, 12, 24), float32, through the public ``aesipe.pamr`` (mask resize included) under
@@ -14,7 +14,9 @@ kept from an earlier run cannot hide a later run's peak:
 
 Time = median of ``--repeats`` calls after that first (warm-up) call. The worker processes also save
 their outputs, and the table reports the largest |fused - reference| difference as a sanity check.
-``--write`` replaces this device's table in the "## PAMR operator" section of benchmarks/RESULTS.md.
+``--write`` replaces this device's table in the "## PAMR operator" section of benchmarks/RESULTS.md (or of
+``--results FILE``, e.g. a copy that benchmarks/gpu_check.sh brings back). ``--smoke`` runs one tiny case only:
+a check that the script runs (gpu_check.sh without a GPU), not a figure.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ CASES = {
     "1x21x321x321, mask 41x41": (1, 21, 321, 321, 41, 41),
     "16x21x128x128, mask 16x16": (16, 21, 128, 128, 16, 16),
 }
+SMOKE_CASES = {"1x21x32x32, mask 8x8 (smoke test, not a figure)": (1, 21, 32, 32, 8, 8)}
 BACKENDS = ("reference", "fused")
 
 
@@ -73,7 +76,7 @@ def worker(case: str, backend: str, device: str, repeats: int, out_path: str) ->
 
     if backend == "fused" and pamr_backend_for(device) != "fused":
         raise SystemExit(f"the fused op is unavailable on {device}")
-    batch, classes, height, width, mask_h, mask_w = CASES[case]
+    batch, classes, height, width, mask_h, mask_w = {**CASES, **SMOKE_CASES}[case]
     gen = torch.Generator().manual_seed(0)
     image = (torch.rand(batch, 3, height, width, generator=gen) * 255).to(device)
     mask = torch.rand(batch, classes, mask_h, mask_w, generator=gen).to(device)
@@ -137,7 +140,7 @@ def machine(device: str, load_before: float) -> str:
     return ", ".join(parts)
 
 
-def benchmark(device: str, repeats: int) -> str:
+def benchmark(device: str, repeats: int, cases: dict) -> str:
     import torch
 
     lines = [
@@ -146,7 +149,7 @@ def benchmark(device: str, repeats: int) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        for case in CASES:
+        for case in cases:
             rows, outputs = {}, {}
             for backend in BACKENDS:
                 outputs[backend] = str(Path(tmp) / f"{backend}.pt")
@@ -164,9 +167,9 @@ def benchmark(device: str, repeats: int) -> str:
     return "\n".join(lines)
 
 
-def write_results(device: str, table: str, repeats: int, load_before: float) -> None:
-    """Replace this device's block inside the PAMR section of RESULTS.md; keep everything else."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+def write_results(device: str, table: str, repeats: int, load_before: float, results: Path = RESULTS) -> None:
+    """Replace this device's block inside the PAMR section of ``results``; keep everything else."""
+    text = results.read_text() if results.exists() else "# Benchmark results\n"
     header = (
         f"{SECTION}\n\n"
         "`python benchmarks/bench_pamr.py --device cpu|cuda --write`: public `aesipe.pamr` (mask resize included),\n"
@@ -196,10 +199,11 @@ def write_results(device: str, table: str, repeats: int, load_before: float) -> 
         section = section.rstrip("\n") + "\n\n" + block
     if "### CUDA" not in section:
         section += (
-            "\n### CUDA\n\nNot measured: no GPU was lent for this task. Run "
-            "`python benchmarks/bench_pamr.py --device cuda --write` on a GPU machine to fill this in.\n"
+            "\n### CUDA\n\nNot measured: no GPU has been lent to this project yet. On a GPU machine `OUT=dir "
+            "benchmarks/gpu_check.sh` measures it\n(with the labelling and mixed-precision stage-1 tables) into "
+            "`dir/RESULTS.md`; or run\n`python benchmarks/bench_pamr.py --device cuda --write`.\n"
         )
-    RESULTS.write_text(text[:start] + section.rstrip("\n") + "\n" + ("\n" + text[end:] if text[end:] else ""))
+    results.write_text(text[:start] + section.rstrip("\n") + "\n" + ("\n" + text[end:] if text[end:] else ""))
 
 
 def main() -> None:
@@ -211,6 +215,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls of the fused op (reference: a third)")
     parser.add_argument("--write", action="store_true", help=f"update the '{SECTION}' section of {RESULTS.name}")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the file --write updates (default: %(default)s)")
+    parser.add_argument("--smoke", action="store_true", help="one tiny case: checks that the script runs")
     args = parser.parse_args()
     if args.device == "cuda":
         import torch
@@ -218,11 +224,11 @@ def main() -> None:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA GPU is visible")
     load_before = _load()
-    table = benchmark(args.device, args.repeats)
+    table = benchmark(args.device, args.repeats, SMOKE_CASES if args.smoke else CASES)
     print("\n" + table)
     if args.write:
-        write_results(args.device, table, args.repeats, load_before)
-        print(f"\nwrote the {args.device.upper()} table into {RESULTS}")
+        write_results(args.device, table, args.repeats, load_before, args.results)
+        print(f"\nwrote the {args.device.upper()} table into {args.results}")
 
 
 if __name__ == "__main__":

@@ -373,8 +373,10 @@ def _fused():
         return lambda image, mask, dilations, num_iter: pamr(image, mask, num_iter, dilations, backend="fused")
     from torch.utils.cpp_extension import load
 
+    from aesipe.ops._build import CPU_SOURCES
+
     root = HERE.parent / "cpp_ext"
-    load(name="aesipe_pamr_bench", sources=[str(root / "pamr.cpp"), str(root / "cpu" / "pamr_kernel.cpp")],
+    load(name="aesipe_pamr_bench", sources=[str(root / source) for source in CPU_SOURCES], extra_include_paths=[str(root)],
          extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], is_python_module=False,
          build_directory=tempfile.mkdtemp(prefix="aesipe_pamr_bench_"))
     return lambda image, mask, dilations, num_iter: torch.ops.aesipe.pamr(image, mask, list(dilations), num_iter)

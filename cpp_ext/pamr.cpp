@@ -1,25 +1,20 @@
-// aesipe::pamr -- schema, input checks, the device-independent driver and the dispatcher registrations.
+// aesipe::pamr -- the schema and the Autograd kernel; each backend registers its own kernel in its own file
+// (cpu/pamr_cpu.cpp, cuda/pamr_cuda.cpp), on the shared driver in pamr_driver.h.
 //
 //   pamr(Tensor image, Tensor mask, int[] dilations, int num_iter) -> Tensor
 //
 // image [B, C, H, W] and mask [B, K, H, W] at the same H x W (the bilinear resize of a low-resolution
 // mask lives in Python, aesipe.ops.pamr). Returns a new contiguous [B, K, H, W] tensor of mask's dtype.
-// Computation is in float32 (float64 if an input is float64); half/bfloat16 inputs are upcast once.
-// The affinity is computed once into a [B, 8*D, H, W] buffer; the iterations ping-pong between two
-// mask buffers. Pure gathers, no atomics: results are deterministic on both devices.
+// Pure gathers, no atomics: results are deterministic on both devices.
 //
 // Autograd policy: refused. The Autograd kernel below raises when grad mode is on and an input
 // requires grad; PAMR is meant to produce a fixed refinement target (docs/method.md: no gradient
 // flows through PAMR), and a silently-wrong or silently-missing gradient would be worse than an error.
-#include "pamr_common.h"
-
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/core/DeviceGuard.h>
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
-
-#include <algorithm>
 
 namespace aesipe {
 namespace {
@@ -28,113 +23,6 @@ constexpr const char* kNotDifferentiable =
     "aesipe::pamr is not differentiable (PAMR is detached by design: it produces a fixed refinement "
     "target). Detach the inputs (image.detach(), mask.detach()) or call it under torch.no_grad() / "
     "torch.inference_mode().";
-
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
-}
-
-// One check, one message per precondition. The Python fake kernel (aesipe/ops/_checks.py) mirrors
-// these so that torch.export / torch.compile report the same errors as eager calls.
-void check_inputs(const at::Tensor& image, const at::Tensor& mask, at::IntArrayRef dilations,
-                  int64_t num_iter) {
-  TORCH_CHECK_VALUE(image.dim() == 4, "aesipe::pamr: image must be 4-D [B, C, H, W], got ",
-                    image.dim(), "-D");
-  TORCH_CHECK_VALUE(mask.dim() == 4, "aesipe::pamr: mask must be 4-D [B, K, H, W], got ", mask.dim(),
-                    "-D");
-  TORCH_CHECK_VALUE(image.size(0) == mask.size(0),
-                    "aesipe::pamr: image and mask must have the same batch size, got ", image.size(0),
-                    " and ", mask.size(0));
-  TORCH_CHECK_VALUE(image.size(2) == mask.size(2) && image.size(3) == mask.size(3),
-                    "aesipe::pamr: image and mask must have the same height and width, got ",
-                    image.size(2), "x", image.size(3), " and ", mask.size(2), "x", mask.size(3),
-                    " (aesipe.pamr() resizes the mask; the op does not)");
-  TORCH_CHECK_VALUE(image.size(1) >= 1, "aesipe::pamr: image must have at least one channel");
-  TORCH_CHECK_VALUE(image.device() == mask.device(),
-                    "aesipe::pamr: image and mask must be on the same device, got ", image.device(),
-                    " and ", mask.device());
-  TORCH_CHECK_TYPE(is_supported_float(image.scalar_type()),
-                   "aesipe::pamr: image must be a floating-point tensor (float16, bfloat16, float32 or "
-                   "float64), got ", image.scalar_type());
-  TORCH_CHECK_TYPE(is_supported_float(mask.scalar_type()),
-                   "aesipe::pamr: mask must be a floating-point tensor (float16, bfloat16, float32 or "
-                   "float64), got ", mask.scalar_type());
-  TORCH_CHECK_VALUE(!dilations.empty(), "aesipe::pamr: dilations must not be empty");
-  TORCH_CHECK_VALUE(dilations.size() <= size_t(kMaxDilations), "aesipe::pamr: at most ", kMaxDilations,
-                    " dilations are supported, got ", dilations.size());
-  for (const int64_t d : dilations) {
-    TORCH_CHECK_VALUE(d >= 1, "aesipe::pamr: every dilation must be >= 1, got ", dilations);
-  }
-  TORCH_CHECK_VALUE(num_iter >= 0, "aesipe::pamr: num_iter must be >= 0, got ", num_iter);
-}
-
-Geometry make_geometry(const at::Tensor& t, at::IntArrayRef dilations) {
-  Geometry g;
-  g.batch = t.size(0);
-  g.channels = t.size(1);
-  g.height = t.size(2);
-  g.width = t.size(3);
-  g.num_dilations = int(dilations.size());
-  // Steps >= max(H, W) always clamp to the border, so clamping the dilation is exact (and keeps the
-  // index arithmetic far from overflow for absurd dilations).
-  const int64_t limit = std::max<int64_t>({g.height, g.width, 1});
-  for (size_t i = 0; i < dilations.size(); ++i) g.dilations[i] = int(std::min(dilations[i], limit));
-  return g;
-}
-
-template <typename T>
-struct Kernels {
-  void (*affinity)(const Geometry&, const T*, T*);
-  void (*propagate)(const Geometry&, const T*, const T*, T*);
-};
-
-template <typename T>
-Kernels<T> kernels_for(const at::Device& device) {
-#ifdef AESIPE_WITH_CUDA
-  if (device.is_cuda()) return {&cuda::affinity<T>, &cuda::propagate<T>};
-#endif
-  TORCH_CHECK(device.is_cpu(), "aesipe::pamr: this build has no kernel for device ", device);
-  return {&cpu::affinity<T>, &cpu::propagate<T>};
-}
-
-at::Tensor pamr_forward(const at::Tensor& image, const at::Tensor& mask, at::IntArrayRef dilations,
-                        int64_t num_iter) {
-  check_inputs(image, mask, dilations, num_iter);
-  const auto contiguous = at::MemoryFormat::Contiguous;
-  if (mask.numel() == 0) return at::empty(mask.sizes(), mask.options().memory_format(contiguous));
-  // Always a fresh tensor: a custom op must not return an alias of its input.
-  if (num_iter == 0) return mask.clone(contiguous);
-
-  c10::OptionalDeviceGuard guard(image.device());
-  const bool any_double = image.scalar_type() == at::kDouble || mask.scalar_type() == at::kDouble;
-  const at::ScalarType work = any_double ? at::kDouble : at::kFloat;
-  // No copy when already contiguous in the working dtype. (Not `to(work, ..., Contiguous)`: that
-  // returns a transposed or sliced view unchanged, because its *suggested* format is contiguous.)
-  const at::Tensor img = image.to(work).contiguous();
-  const at::Tensor src = mask.to(work).contiguous();
-  // If converting made a private copy of the mask, it can serve as the second ping-pong buffer.
-  const bool src_is_private = !src.is_same(mask);
-
-  const Geometry image_geometry = make_geometry(img, dilations);
-  const Geometry mask_geometry = make_geometry(src, dilations);
-  const at::Tensor aff = at::empty(
-      {image_geometry.batch, image_geometry.num_neighbours(), image_geometry.height, image_geometry.width},
-      img.options());
-  at::Tensor buffers[2] = {at::empty(src.sizes(), src.options())};
-  if (num_iter > 1) buffers[1] = src_is_private ? src : at::empty(src.sizes(), src.options());
-
-  AT_DISPATCH_FLOATING_TYPES(work, "aesipe::pamr", [&] {
-    const Kernels<scalar_t> k = kernels_for<scalar_t>(img.device());
-    k.affinity(image_geometry, img.const_data_ptr<scalar_t>(), aff.mutable_data_ptr<scalar_t>());
-    const at::Tensor* in = &src;
-    for (int64_t it = 0; it < num_iter; ++it) {
-      at::Tensor& out = buffers[it % 2];
-      k.propagate(mask_geometry, aff.const_data_ptr<scalar_t>(), in->const_data_ptr<scalar_t>(),
-                  out.mutable_data_ptr<scalar_t>());
-      in = &out;
-    }
-  });
-  return buffers[(num_iter - 1) % 2].to(mask.scalar_type());
-}
 
 // Autograd key: refuse instead of silently producing no gradient, then run the device kernel.
 at::Tensor pamr_autograd(const at::Tensor& image, const at::Tensor& mask, at::IntArrayRef dilations,
@@ -157,11 +45,5 @@ TORCH_LIBRARY(aesipe, m) {
   m.def("pamr(Tensor image, Tensor mask, int[] dilations, int num_iter) -> Tensor",
         {at::Tag::pt2_compliant_tag});
 }
-
-TORCH_LIBRARY_IMPL(aesipe, CPU, m) { m.impl("pamr", &aesipe::pamr_forward); }
-
-#ifdef AESIPE_WITH_CUDA
-TORCH_LIBRARY_IMPL(aesipe, CUDA, m) { m.impl("pamr", &aesipe::pamr_forward); }
-#endif
 
 TORCH_LIBRARY_IMPL(aesipe, Autograd, m) { m.impl("pamr", &aesipe::pamr_autograd); }

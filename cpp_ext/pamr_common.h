@@ -1,8 +1,8 @@
-// Shared by the CPU kernels, the CUDA kernels and the op driver (pamr.cpp).
+// Shared by the CPU kernels, the CUDA kernels (and their host emulator) and the op driver (pamr_driver.h).
 //
 // Deliberately tiny: the CUDA translation unit includes it, and every header nvcc has to parse costs
 // compile time (see PLATFORM.md), so nothing from ATen's Tensor API lives here. The kernels work on
-// raw, contiguous [B, C, H, W] buffers described by a `Geometry`; pamr.cpp owns tensors, dtypes,
+// raw, contiguous [B, C, H, W] buffers described by a `Geometry`; pamr_driver.h owns tensors, dtypes,
 // validation and allocation.
 //
 // Contract (mirrors aesipe/ops/pamr_reference.py, the executable specification):
@@ -66,14 +66,13 @@ template <typename T>
 void propagate(const Geometry& g, const T* aff, const T* src, T* dst);
 }  // namespace cpu
 
-#ifdef AESIPE_WITH_CUDA
+// Defined in cuda/pamr_kernel.cu (CUDA builds only). They launch on the current CUDA stream of the current
+// device (the driver sets the device guard).
 namespace cuda {
-// Launch on the current CUDA stream of the current device (pamr.cpp sets the device guard).
 template <typename T>
 void affinity(const Geometry& g, const T* image, T* aff);
 template <typename T>
 void propagate(const Geometry& g, const T* aff, const T* src, T* dst);
 }  // namespace cuda
-#endif
 
 }  // namespace aesipe

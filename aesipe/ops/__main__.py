@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     except _build.BuildError as exc:
         print(f"python -m aesipe.ops build: error: {exc}", file=sys.stderr)
         return 1
-    kernels = "CPU+CUDA" if _build._STATE.cuda else "CPU"
+    kernels = "CPU"
+    if _build._STATE.cuda:  # which GPUs it has code for: cubins (sm_XY) and PTX for newer ones (compute_XY)
+        from ._fatbin import cuda_code
+
+        kernels = f"CPU+CUDA; GPU code {', '.join(cuda_code(path)) or 'none'}"
     print(f"aesipe::pamr library ({kernels}): {path}")
     return 0
 

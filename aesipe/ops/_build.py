@@ -25,7 +25,14 @@ import torch
 from . import _registrations
 
 LIB_NAME = "aesipe_pamr"
-LIB_FILE = LIB_NAME + (".pyd" if sys.platform == "win32" else ".so")  # what cpp_extension names it
+_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"  # what cpp_extension names a library
+LIB_FILE = LIB_NAME + _SUFFIX
+# The op library's sources, relative to source_dir(): the schema, then each backend's registration and kernels.
+CPU_SOURCES = ("pamr.cpp", "cpu/pamr_cpu.cpp", "cpu/pamr_kernel.cpp")
+CUDA_SOURCES = ("cuda/pamr_cuda.cpp", "cuda/pamr_kernel.cu")
+# A test build, never loaded by the op: the CUDA kernels' thread code run on the CPU (cpp_ext/cuda/pamr_emulator.cpp).
+EMULATOR_NAME = "aesipe_pamr_cuda_emulator"
+EMULATOR_SOURCES = ("cuda/pamr_emulator.cpp",)
 # Without a visible GPU cpp_extension cannot pick architectures (IndexError): Ampere/Hopper cubins plus PTX
 # that newer GPUs JIT-compile. Override with TORCH_CUDA_ARCH_LIST (e.g. "7.5" for a T4).
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
@@ -52,6 +59,7 @@ class _State:
     cuda: bool = False  # whether it holds CUDA kernels
     error: str | None = None  # why it is unavailable, once an attempt failed
     attempted: bool = False
+    emulator: Path | None = None  # the loaded test build of the CUDA emulator (build_cuda_emulator)
 
 
 _STATE, _LOCK = _State(), threading.RLock()
@@ -100,24 +108,24 @@ def _arch_list(cuda: bool) -> str | None:
 
 
 def _flags(cuda: bool) -> dict[str, list[str]]:
-    linux, define = sys.platform.startswith("linux"), ["-DAESIPE_WITH_CUDA"] if cuda else []
+    linux = sys.platform.startswith("linux")
     # at::parallel_for is an inline OpenMP loop in torch's headers: without -fopenmp it runs serially.
     # Linux only: Apple clang has no -fopenmp (the kernel then runs on one thread, still correct).
     openmp = ["-fopenmp"] if linux and torch.backends.openmp.is_available() else []
     # cpp_extension links libtorch_python even into a non-Python library; where the toolchain does not
     # already default to --as-needed, this drops it, so a plain libtorch (C++) process can load the op.
     as_needed = ["-Wl,--as-needed"] if linux else []
-    return {"extra_cflags": ["-O3", *openmp, *define], "extra_cuda_cflags": ["-O3", *define] if cuda else [],
+    return {"extra_cflags": ["-O3", *openmp], "extra_cuda_cflags": ["-O3"] if cuda else [],
             "extra_ldflags": [*openmp, *as_needed]}
 
 
-def build_key(src: Path, cuda: bool) -> str:
-    """Short hash of what the library depends on. Not the compiler, so loading needs none (``build`` reruns
-    ninja, which recompiles when the compile command changed)."""
+def build_key(src: Path, cuda: bool, name: str = LIB_NAME) -> str:
+    """Short hash of what the library ``name`` depends on. Not the compiler, so loading needs none (``build``
+    reruns ninja, which recompiles when the compile command changed)."""
     digest = hashlib.sha256()
     for f in sorted(f for pattern in ("*.cpp", "*.h", "*.cu", "*.cuh") for f in src.rglob(pattern)):
         digest.update(f.relative_to(src).as_posix().encode() + b"\0" + f.read_bytes())
-    recipe = [torch.__version__, torch.version.cuda, cuda, _arch_list(cuda), _flags(cuda), sys.platform]
+    recipe = [name, torch.__version__, torch.version.cuda, cuda, _arch_list(cuda), _flags(cuda), sys.platform]
     digest.update(json.dumps(recipe + [platform.machine()]).encode())
     return digest.hexdigest()[:16]
 
@@ -138,20 +146,21 @@ def first_error_line(text: str) -> str:
     return errors[0] if errors else (lines or ["unknown error"])[-1]
 
 
-def _compile(src: Path, cuda: bool, verbose: bool) -> Path:
+def _compile(src: Path, cuda: bool, verbose: bool, name: str = LIB_NAME) -> Path:
     if shutil.which(compiler := os.environ.get("CXX", "c++")) is None:
         raise BuildError(f"no C++ compiler found ({compiler!r} is not on PATH; install g++ or set CXX)")
-    sources = [src / name for name in ["pamr.cpp", "cpu/pamr_kernel.cpp"] + (["cuda/pamr_kernel.cu"] if cuda else [])]
+    names = EMULATOR_SOURCES if name == EMULATOR_NAME else CPU_SOURCES + (CUDA_SOURCES if cuda else ())
+    sources = [src / relative for relative in names]
     if missing := [str(f) for f in sources if not f.is_file()]:
         raise BuildError(f"PAMR sources not found: {', '.join(missing)}")
-    (out_dir := cache_root() / build_key(src, cuda)).mkdir(parents=True, exist_ok=True)
-    args = dict(_flags(cuda), name=LIB_NAME, sources=list(map(str, sources)), extra_include_paths=[str(src)],
+    (out_dir := cache_root() / build_key(src, cuda, name)).mkdir(parents=True, exist_ok=True)
+    args = dict(_flags(cuda), name=name, sources=list(map(str, sources)), extra_include_paths=[str(src)],
                 build_directory=str(out_dir), with_cuda=cuda, is_python_module=False, verbose=verbose)
     # The venv's bin first: `pip install ninja` puts ninja there, off PATH when the venv is not activated.
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if cuda:
         env.update(CUDA_HOME=str(cuda_home()), TORCH_CUDA_ARCH_LIST=_arch_list(True))
-    log.info("aesipe: compiling the PAMR op library (%s) into %s", "CPU+CUDA" if cuda else "CPU", out_dir)
+    log.info("aesipe: compiling %s (%s) into %s", name, "CPU+CUDA" if cuda else "CPU", out_dir)
     output = []
     with subprocess.Popen([sys.executable, "-c", _COMPILE, json.dumps(args)], env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child:
@@ -162,7 +171,7 @@ def _compile(src: Path, cuda: bool, verbose: bool) -> Path:
     (log_path := out_dir / "build.log").write_text("".join(output))
     if child.returncode != 0:
         raise BuildError(f"{first_error_line(''.join(output))} (full log: {log_path})", log_path)
-    return out_dir / LIB_FILE
+    return out_dir / (name + _SUFFIX)
 
 
 def _load(lib: Path) -> Path:
@@ -189,6 +198,27 @@ def build(cuda: bool | None = None, verbose: bool = False) -> Path:
         if not (src := source_dir()).is_dir():
             raise BuildError(f"PAMR source directory not found: {src}")
         return _load(_compile(src, wants_cuda(cuda), verbose))
+
+
+def build_cuda_emulator(verbose: bool = False) -> Path:
+    """Test build: load ``aesipe_cuda_emulator::pamr``, the CUDA kernels' thread code run on the CPU over every
+    (block, thread) of their grid (cpp_ext/cuda/pamr_emulator.cpp), compiling it into the cache first if it is
+    not there. Needs a C++ compiler only, no CUDA; raises ``BuildError``."""
+    with _LOCK:
+        if not (src := source_dir()).is_dir():
+            raise BuildError(f"PAMR source directory not found: {src}")
+        lib = cache_root() / build_key(src, False, EMULATOR_NAME) / (EMULATOR_NAME + _SUFFIX)
+        if not lib.is_file():
+            lib = _compile(src, False, verbose, EMULATOR_NAME)
+        if lib != _STATE.emulator:  # one emulator library per process (it registers a namespace)
+            if _STATE.emulator is not None:
+                raise BuildError(f"another CUDA emulator library is loaded in this process: {_STATE.emulator}")
+            try:
+                torch.ops.load_library(str(lib))
+            except Exception as exc:
+                raise BuildError(f"could not load {lib}: {first_error_line(str(exc))}") from exc
+            _STATE.emulator = lib
+        return lib
 
 
 def load_library() -> Path | None:
@@ -218,11 +248,17 @@ def unavailable_reason() -> str | None:
     return _STATE.error
 
 
+def _cuda_code(library: Path | None) -> list[str]:
+    from ._fatbin import cuda_code
+
+    return cuda_code(library) if library is not None else []
+
+
 def info() -> dict[str, object]:
     """What a build would do here, and what is cached; never builds."""
     src, cuda, home, built = source_dir(), wants_cuda(None), cuda_home(), find_built_library()
     return {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "gpu_visible": torch.cuda.is_available(),
             "cuda_home": home and str(home), "cuda_kernels_on_auto_build": cuda, "cuda_arch_list": _arch_list(cuda),
             "source_dir": str(src), "cache_dir": str(cache_root() / build_key(src, cuda)),
-            "cached": built is not None, "built_library": built and str(built),
+            "cached": built is not None, "built_library": built and str(built), "built_cuda_code": _cuda_code(built),
             "disabled": os.environ.get(DISABLE_ENV, "") not in ("", "0"), "loaded": _STATE.path and str(_STATE.path)}

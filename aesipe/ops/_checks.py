@@ -1,6 +1,6 @@
 """Input checks for PAMR, one message per precondition.
 
-The C++ op (cpp_ext/pamr.cpp, ``check_inputs``) raises the same messages; this Python copy serves the
+The C++ op (cpp_ext/pamr_driver.h, ``check_inputs``) raises the same messages; this Python copy serves the
 public API (so every backend, the reference included, rejects the same inputs) and the fake kernel (so
 ``torch.export`` / ``torch.compile`` fail the way eager calls do). Exception types follow the op:
 ``TypeError`` for dtypes, ``ValueError`` for everything else.

@@ -5,6 +5,12 @@ imported. The op library is built once per session into the suite's private cach
 set by tests/conftest.py), never the user's ``~/.cache``; later runs load it without compiling. Tests
 needing the compiled op skip only when no C++ compiler exists (and nothing is cached); any other build
 failure fails them.
+
+The CUDA kernels' thread code also runs here without a GPU: ``cuda_emulator`` builds (once, cached the same
+way) and loads a test library that runs it on the CPU over every block and thread of the kernels' grid
+(cpp_ext/cuda/pamr_emulator.cpp). ``kernel`` and ``implementation`` include it as "cuda-emulated", launched
+with a small block and grid (``EMULATED_LAUNCH``) so that every thread runs several grid-stride rounds and the
+last round stops part-way.
 """
 from __future__ import annotations
 
@@ -26,8 +32,16 @@ CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
+# (threads per block, blocks, reverse order): one warp per block, 3 blocks, far fewer threads than work items.
+EMULATED_LAUNCH = (32, 3, False)
+
+
 def _fused(image, mask, dilations, num_iter):
     return torch.ops.aesipe.pamr(image, mask, list(dilations), num_iter)
+
+
+def _cuda_emulated(image, mask, dilations, num_iter, launch=EMULATED_LAUNCH):
+    return torch.ops.aesipe_cuda_emulator.pamr(image, mask, list(dilations), num_iter, *launch)
 
 
 def _reference(image, mask, dilations, num_iter):
@@ -53,12 +67,26 @@ def op_library():
     """Path of the loaded aesipe::pamr library (from the private cache, built there on first use)."""
     path = _build.load_library()
     if path is None:
-        if shutil.which(os.environ.get("CXX", "c++")) is None:
-            pytest.skip("no C++ compiler: the fused op cannot be built here")
+        _skip_without_compiler()
         if os.environ.get(_build.DISABLE_ENV, "") not in ("", "0"):
             pytest.skip(f"{_build.DISABLE_ENV} is set")
         pytest.fail(f"the op library did not build: {_build.unavailable_reason()}")
     return path
+
+
+def _skip_without_compiler() -> None:
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler: the fused op cannot be built here")
+
+
+@pytest.fixture(scope="session")
+def cuda_emulator():
+    """Path of the loaded CUDA grid emulator (a test build; from the private cache, built there on first use)."""
+    try:
+        return _build.build_cuda_emulator()
+    except _build.BuildError as exc:
+        _skip_without_compiler()
+        pytest.fail(f"the CUDA emulator did not build: {exc}")
 
 
 def _require_kernels_for(device: str) -> None:
@@ -73,13 +101,29 @@ def device(request, op_library) -> str:
     return request.param
 
 
-@pytest.fixture(params=["reference", "decomposed", "fused-cpu", pytest.param("fused-cuda", marks=CUDA_MARKS)])
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=CUDA_MARKS), "cuda-emulated"])
+def kernel(request) -> tuple[Callable, str]:
+    """Every kernel of the op, with the device of its tensors: fused CPU, fused CUDA (skips without a GPU) and
+    the CUDA thread code run on the CPU by the grid emulator."""
+    if request.param == "cuda-emulated":
+        request.getfixturevalue("cuda_emulator")
+        return _cuda_emulated, "cpu"
+    request.getfixturevalue("op_library")
+    _require_kernels_for(request.param)
+    return _fused, request.param
+
+
+@pytest.fixture(params=["reference", "decomposed", "fused-cpu", pytest.param("fused-cuda", marks=CUDA_MARKS),
+                        "cuda-emulated"])
 def implementation(request) -> tuple[Callable, str]:
     """Every implementation of same-size PAMR, with the device it runs on."""
     if request.param == "reference":
         return _reference, "cpu"
     if request.param == "decomposed":
         return _decomposed, "cpu"
+    if request.param == "cuda-emulated":
+        request.getfixturevalue("cuda_emulator")
+        return _cuda_emulated, "cpu"
     request.getfixturevalue("op_library")
     device = request.param.split("-")[1]
     _require_kernels_for(device)
@@ -89,6 +133,12 @@ def implementation(request) -> tuple[Callable, str]:
 @pytest.fixture
 def fused() -> Callable:
     return _fused
+
+
+@pytest.fixture
+def cuda_emulated() -> Callable:
+    """``cuda_emulated(image, mask, dilations, num_iter, launch=EMULATED_LAUNCH)`` (load ``cuda_emulator`` first)."""
+    return _cuda_emulated
 
 
 @pytest.fixture

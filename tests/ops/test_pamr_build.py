@@ -16,6 +16,7 @@ import torch
 import aesipe
 from aesipe.ops import PamrFallbackWarning, _build, pamr, pamr_backend_for
 from aesipe.ops.__main__ import main as ops_cli
+from aesipe.ops._fatbin import cuda_code
 from aesipe.ops.pamr_reference import pamr_reference
 
 REPO_ROOT = Path(aesipe.__file__).resolve().parents[1]
@@ -186,26 +187,54 @@ def test_two_processes_build_once(tmp_path, monkeypatch):
     assert len(links) == 1, ninja_log  # linked once: the second process compiled nothing
 
 
+# What a GPU build must carry: cubins for Ampere and Hopper (datacentre GPUs of today; an sm_80 cubin also
+# runs on 8.6 and 8.9 cards), and PTX of the newest of them, which the driver compiles for newer GPUs.
+REQUIRED_CUBINS = {"sm_80", "sm_90"}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.version.cuda, reason="torch is not a CUDA build")
 @pytest.mark.skipif(_build.cuda_home() is None, reason="nvcc not found")
-def test_cuda_sources_compile(tmp_path, monkeypatch):
-    # Compile-only where no GPU is visible: the AOT command forces the CUDA kernels into a private cache.
+def test_cuda_build_compiles_and_ships_every_architecture(tmp_path, monkeypatch):
+    # Compile-only: the AOT command forces the CUDA kernels into a private cache; no GPU is visible to it (so the
+    # architectures are the default list, not a visible GPU's) and no arch list comes from the environment.
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_CUDA_ARCH_LIST"}
     result = subprocess.run(
         [sys.executable, "-m", "aesipe.ops", "build", "--cuda"],
         env={
-            **os.environ,
+            **env,
             _build.CACHE_ENV: str(tmp_path / "cache"),
+            "CUDA_VISIBLE_DEVICES": "",
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
         },
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "(CPU+CUDA)" in result.stdout
+    assert "(CPU+CUDA; GPU code sm_80, sm_90, compute_90)" in result.stdout
     library = Path(result.stdout.strip().split(": ", 1)[1])
     monkeypatch.setenv(_build.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the key of a build without a visible GPU
     assert library.is_file() and _build.find_built_library(cuda=True) == library
     check = "import torch; torch.ops.load_library(%r); " % str(library)
     check += "print(torch._C._dispatch_has_kernel_for_dispatch_key('aesipe::pamr', 'CUDA'))"
     probe = run_python(check, {})
     assert probe.stdout.strip() == "True", probe.stderr
+
+    # The GPU code inside, read from the library's .nv_fatbin section.
+    code = cuda_code(library)
+    assert REQUIRED_CUBINS <= set(code), f"missing cubins: {sorted(REQUIRED_CUBINS - set(code))} (has {code})"
+    ptx = [int(entry.split("_")[1]) for entry in code if entry.startswith("compute_")]
+    assert ptx and max(ptx) >= 90, f"no PTX for GPUs newer than Hopper (has {code})"
+
+
+def test_a_cpu_library_carries_no_gpu_code(op_library):
+    assert _build.info()["built_cuda_code"] == cuda_code(op_library)
+    if not _build._STATE.cuda:
+        assert cuda_code(op_library) == []
+
+
+def test_fatbin_reader_rejects_what_is_not_elf(tmp_path):
+    (path := tmp_path / "lib.so").write_bytes(b"MZ not an ELF file")
+    with pytest.raises(ValueError, match="not a 64-bit little-endian ELF file"):
+        cuda_code(path)

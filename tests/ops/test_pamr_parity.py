@@ -1,5 +1,6 @@
 """The fused op against the reference on random inputs: dilations x num_iter x classes x sizes x layout
-x batch x dtype, on every device the op has kernels for (CUDA cases skip without a GPU)."""
+x batch x dtype, for every kernel of the op (``kernel``: CPU; CUDA, which skips without a GPU; and the CUDA
+thread code run on the CPU by the grid emulator)."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,8 @@ DILATION_SETS = [(1,), (1, 2, 4, 8, 12, 24), (3, 5)]
 @pytest.mark.parametrize("dilations", DILATION_SETS, ids=str)
 @pytest.mark.parametrize("num_iter", [0, 1, 10])
 @pytest.mark.parametrize("classes", [1, 3, 21])
-def test_matches_reference(device, fused, reference, random_inputs, dilations, num_iter, classes):
+def test_matches_reference(kernel, reference, random_inputs, dilations, num_iter, classes):
+    fused, device = kernel
     image, mask = random_inputs(1, 3, classes, 13, 11, seed=classes + num_iter, device=device)
     out = fused(image, mask, dilations, num_iter)
     assert out.shape == mask.shape and out.dtype == mask.dtype and out.device == mask.device
@@ -21,7 +23,8 @@ def test_matches_reference(device, fused, reference, random_inputs, dilations, n
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 7), (9, 1), (5, 5), (31, 17), (50, 3)], ids=str)
-def test_matches_reference_across_sizes(device, fused, reference, random_inputs, size):
+def test_matches_reference_across_sizes(kernel, reference, random_inputs, size):
+    fused, device = kernel
     image, mask = random_inputs(2, 3, 4, *size, seed=sum(size), device=device)
     dilations = (1, 2, 4, 8, 12, 24)
     torch.testing.assert_close(
@@ -29,7 +32,8 @@ def test_matches_reference_across_sizes(device, fused, reference, random_inputs,
     )
 
 
-def test_batch_items_are_independent(device, fused, random_inputs):
+def test_batch_items_are_independent(kernel, random_inputs):
+    fused, device = kernel
     image, mask = random_inputs(3, 3, 5, 12, 10, seed=7, device=device)
     whole = fused(image, mask, (1, 3), 4)
     for b in range(3):
@@ -37,7 +41,8 @@ def test_batch_items_are_independent(device, fused, random_inputs):
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "permuted", "sliced", "expanded"])
-def test_non_contiguous_inputs(device, fused, reference, random_inputs, layout):
+def test_non_contiguous_inputs(kernel, reference, random_inputs, layout):
+    fused, device = kernel
     image, mask = random_inputs(2, 3, 6, 15, 14, seed=11, device=device)
     if layout == "channels_last":
         image = image.contiguous(memory_format=torch.channels_last)
@@ -56,21 +61,24 @@ def test_non_contiguous_inputs(device, fused, reference, random_inputs, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_dtypes(device, fused, reference, random_inputs, atol, dtype):
+def test_dtypes(kernel, reference, random_inputs, atol, dtype):
+    fused, device = kernel
     image, mask = random_inputs(1, 3, 5, 17, 19, seed=5, dtype=dtype, device=device)
     out = fused(image, mask, (1, 2, 4), 3)
     assert out.dtype == dtype
     torch.testing.assert_close(out, reference(image, mask, (1, 2, 4), 3), atol=atol[dtype], rtol=0)
 
 
-def test_mixed_dtypes_return_the_mask_dtype(device, fused, reference, random_inputs):
+def test_mixed_dtypes_return_the_mask_dtype(kernel, reference, random_inputs):
+    fused, device = kernel
     image, mask = random_inputs(1, 3, 2, 9, 9, seed=2, device=device)
     out = fused(image.double(), mask.half(), (1, 2), 2)
     assert out.dtype == torch.float16
     torch.testing.assert_close(out, reference(image.double(), mask.half(), (1, 2), 2), atol=2e-3, rtol=0)
 
 
-def test_output_never_aliases_the_input(device, fused, random_inputs):
+def test_output_never_aliases_the_input(kernel, random_inputs):
+    fused, device = kernel
     image, mask = random_inputs(1, 3, 2, 6, 6, device=device)
     for num_iter in (0, 1, 2):
         out = fused(image, mask, (1,), num_iter)
@@ -80,7 +88,8 @@ def test_output_never_aliases_the_input(device, fused, random_inputs):
     torch.testing.assert_close(mask, before, atol=0, rtol=0)  # inputs are never written
 
 
-def test_deterministic(device, fused, random_inputs):
+def test_deterministic(kernel, random_inputs):
+    fused, device = kernel
     image, mask = random_inputs(2, 3, 21, 33, 29, seed=9, device=device)
     first = fused(image, mask, (1, 2, 4, 8, 12, 24), 10)
     assert torch.equal(first, fused(image, mask, (1, 2, 4, 8, 12, 24), 10))
