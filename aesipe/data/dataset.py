@@ -153,9 +153,8 @@ def _resolve_kind(root: Path, kind: str) -> tuple[str, Path]:
 
 def _csv_path(folder: Path, split: str, labels_csv: str | None) -> Path | None:
     if labels_csv:
-        given = Path(labels_csv)
-        # A relative path is taken as given (from the working directory) first, then inside the dataset.
-        return given if given.is_absolute() or given.exists() or not (folder / given).exists() else folder / given
+        # A relative path names a file of the dataset, wherever the command runs (docs/data.md, "Paths").
+        return folder / Path(labels_csv).expanduser()
     default = folder / f"labels_{split}.csv"
     return default if default.is_file() else None
 
