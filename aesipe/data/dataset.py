@@ -132,7 +132,13 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 
 def _resolve_kind(root: Path, kind: str) -> tuple[str, Path]:
     if not root.exists():
-        hint = " (make synthetic data with `aesipe-train synth " + str(root) + "`)" if kind != "voc" else ""
+        # The synthetic data is offered only where data.root was left at its default (data/synth): a root the
+        # user named is their dataset, which synthetic images would not replace.
+        from aesipe.config import DataConfig
+
+        default = Path(DataConfig.root)
+        hint = (f" (make the synthetic dataset there with `aesipe-train synth {root}`, or set data.root to your "
+                "dataset)" if root == default and kind != "voc" else " (data.root)")
         raise UserError(f"dataset root not found: {root}{hint}")
     if kind in ("auto", "folder") and (root / CLASS_NAMES_FILE).is_file():
         if not (root / voc.IMAGE_DIR).is_dir():
