@@ -115,7 +115,8 @@ def run_cli(app: typer.Typer, prog: str) -> None:
         print(exc.format_message(), file=sys.stderr)
         sys.exit(exc.exit_code)
     except ClickException as exc:  # Typer's usage errors: bad value, unknown option, missing argument
-        hint = f" (see {prog} --help)" if getattr(exc, "exit_code", 2) == 2 else ""
+        ctx = getattr(exc, "ctx", None)  # the command that was called: its own --help
+        hint = f" (see {ctx.command_path if ctx else prog} --help)" if getattr(exc, "exit_code", 2) == 2 else ""
         fail(exc.format_message() + hint, exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         code = INTERRUPTED

@@ -86,3 +86,9 @@ def test_torch_programs_apply_the_policy_before_torch_is_imported(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
     assert "policy: ACTIVE" in result.stdout, result
+
+
+def test_a_usage_error_points_at_the_help_of_the_command_that_was_called():
+    result = _run(BIN / "aesipe-train", "eval-cam", "run", "--no-such-option")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "aesipe-train: error: No such option: --no-such-option (see aesipe-train eval-cam --help)")
