@@ -60,7 +60,7 @@ def build_graph(loaded: LoadedModel, net: torch.nn.Module, test_time: CamSetting
     return graph
 
 
-def _metadata(loaded: LoadedModel, test_time: CamSettings | None, fmt: ExportFormat, opset: int | None, half: bool,
+def _metadata(loaded: LoadedModel, test_time: CamSettings | None, half: bool, opset: int | None = None,
               custom_ops: tuple[str, ...] = (), op_library: str | None = None) -> dict[str, str]:
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     classes = loaded.class_names
@@ -95,8 +95,7 @@ def _metadata(loaded: LoadedModel, test_time: CamSettings | None, fmt: ExportFor
         input_format=InputFormat(mean=mean, std=std, pad_value=mean, size_divisor=SIZE_DIVISOR if seg else None),
         output=output, inputs=inputs, aesipe_version=aesipe.__version__, torch_version=torch.__version__,
         pamr=pamr, background_scale=1.0 if seg else loaded.cfg.cam.background_scale,
-        opset=opset if fmt.name == "onnx" else None, precision="float16" if half else "float32",
-        custom_ops=custom_ops, op_library=op_library,
+        opset=opset, precision="float16" if half else "float32", custom_ops=custom_ops, op_library=op_library,
     )
 
 
@@ -151,13 +150,15 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
     detail = (f" ({test_time.describe()['scales']} scales, flip {test_time.flip}, PAMR {test_time.pamr}, background "
               f"x{loaded.cfg.cam.background_scale:g})" if test_time else "")
     source = _source_record(loaded, verify)
+
+    def make_metadata(**kwargs) -> dict[str, str]:
+        return _metadata(loaded, test_time, half, **kwargs) | {"source": source}
+
     reuse = False
-    if fmt.name == "onnx":
+    if int8 is not None:  # int8 files are ONNX: the float32 one, if checked and the same, is quantised as it is
         from .onnx import DEFAULT_OPSET
 
-        opset = opset or DEFAULT_OPSET
-        metadata = _metadata(loaded, test_time, fmt, opset, half) | {"source": source}
-        reuse = int8 is not None and _same_float32_export(float32_file, metadata)
+        reuse = _same_float32_export(float32_file, make_metadata(opset=opset or DEFAULT_OPSET))
     made = [folder for folder in [out_path.parent, *out_path.parent.parents] if not folder.exists()]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -169,14 +170,7 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
                 "on a CPU)")
             started = time.perf_counter()
             with torch.no_grad():
-                if fmt.name == "torchscript":
-                    from .torchscript import custom_ops_in, op_library_path, trace
-
-                    graph = trace(graph, samples)
-                    ops = custom_ops_in(graph)
-                    metadata = _metadata(loaded, test_time, fmt, None, half, ops, op_library_path() if ops else None)
-                    metadata["source"] = source
-                fmt.write(graph, samples, input_names, ["scores", "labels"], metadata, partial, opset=opset)
+                fmt.write(graph, samples, input_names, ["scores", "labels"], make_metadata, partial, opset)
             log(f"written in {time.perf_counter() - started:.0f} s" + ("; checking it against PyTorch at two sizes"
                                                                        if verify else ""))
             if verify:
@@ -255,10 +249,7 @@ def export_model(source: str | Path, out_path: str | Path | None = None, format:
     if int8 is not None and not verify:
         raise UserError("--int8 needs the parity check of the float32 file first: drop --no-verify")
     check_options(fmt, used)
-    if fmt.name == "onnx":
-        from .onnx import require_onnx
-
-        require_onnx()
+    fmt.require()
     source = Path(source)
     loaded = load_source(source, _normalise_what(what))
     test_time = None

@@ -12,7 +12,7 @@ Outputs of a stage run by hand (no record yet) are adopted, not removed.
 """
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import json
 import shutil
 import time
@@ -20,16 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from aesipe.config import SCHEMA_VERSION, RunConfig, config_hash, to_dict
+from aesipe.config import RUNTIME_ONLY_FIELDS, SCHEMA_VERSION, RunConfig, config_hash, to_dict
 from aesipe.utils.atomic import atomic_write_text
 from aesipe.utils.errors import UserError
 
 from .pipeline_legacy import adopt_legacy_records
 from .runconfig import save_run_config
+from .stages import Reads
 
 MANIFEST = "manifest.json"
-# Fields that change how fast or where a stage runs, never what it makes.
-_RUNTIME_FIELDS = {"workers", "device", "log_every", "checkpoint_every"}
+
+
+def _value(cfg: Any, dotted: str) -> Any:
+    """``section.field`` of a config or of a view of plain dicts (aesipe 0.1's, ``pipeline_legacy``)."""
+    section, _, name = dotted.partition(".")
+    value = getattr(cfg, section)
+    return value[name] if isinstance(value, dict) else getattr(value, name)
 
 
 def _sections(cfg: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -37,135 +43,56 @@ def _sections(cfg: Any, names: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in names:
         section, _, field = name.partition(".")
+        if field:
+            if field not in RUNTIME_ONLY_FIELDS:
+                out[name] = _value(cfg, name)
+            continue
         value = getattr(cfg, section)
         value = value if isinstance(value, dict) else to_dict(value)
-        if field:
-            out[name] = value[field]
-        else:
-            out[name] = {k: v for k, v in value.items() if k not in _RUNTIME_FIELDS}
+        out[name] = {k: v for k, v in value.items() if k not in RUNTIME_ONLY_FIELDS}
     return out
-
-
-def _splits(cfg: RunConfig, *names: str) -> list[str]:
-    from .stages.random_walk import seg_train_split
-
-    lookup = {"train": cfg.data.train_split, "cam": cfg.data.cam_split, "seg": seg_train_split(cfg)}
-    return list(dict.fromkeys(lookup[n] for n in names))
-
-
-# ---------------------------------------------------------------- what each stage runs
-def _run_train(cfg: RunConfig) -> dict:
-    from .stages.stage1 import train_stage1
-
-    train_stage1(cfg)
-    return {}
-
-
-def _run_make_cam(cfg: RunConfig) -> dict:
-    from aesipe.data import resolve_split
-
-    from .stages.make_cam import make_cams
-
-    # One pass per set of images: a folder dataset's train_aug is its train (the CAM folder is shared).
-    by_images = {resolve_split(cfg.data, split): split for split in _splits(cfg, "train", "seg", "cam")}
-    for split in by_images.values():
-        make_cams(cfg, split)
-    return {}
-
-
-def _run_eval_cam(cfg: RunConfig) -> dict:
-    from .stages.evaluate import describe, evaluate_cams, save_cam_eval
-
-    result = evaluate_cams(cfg, cfg.data.cam_split, "maps", [cfg.cam.background_scale, *cfg.cam.sweep])
-    print(describe(result))
-    save_cam_eval(cfg, result)
-    return {"miou": result["miou"], "split": cfg.data.cam_split}
-
-
-def _run_ir_label(cfg: RunConfig) -> dict:
-    from .stages.ir_label import make_ir_labels
-
-    make_ir_labels(cfg, cfg.data.train_split)
-    return {}
-
-
-def _run_irn(cfg: RunConfig) -> dict:
-    from .stages.irn import train_irn
-
-    train_irn(cfg)
-    return {}
-
-
-def _run_make_seg_labels(cfg: RunConfig) -> dict:
-    from .stages.random_walk import make_seg_labels
-
-    for split in _splits(cfg, "seg", "cam"):
-        make_seg_labels(cfg, split)
-    return {}
-
-
-def _run_eval_seg_labels(cfg: RunConfig) -> dict:
-    from .stages.random_walk import seg_label_dir
-    from .stages.seg_eval import LABEL_EVAL_FILE, describe, evaluate_label_dir, save_eval
-
-    result = evaluate_label_dir(cfg, seg_label_dir(cfg, cfg.data.cam_split), cfg.data.cam_split)
-    print(describe(result, "random-walk pseudo-labels"))
-    save_eval(cfg, result, LABEL_EVAL_FILE)
-    return {"miou": result["miou"], "split": cfg.data.cam_split}
-
-
-def _run_seg(cfg: RunConfig) -> dict:
-    from .stages.seg import train_seg
-
-    train_seg(cfg)
-    return {}
-
-
-def _run_eval_seg(cfg: RunConfig) -> dict:
-    from .stages.seg_eval import describe, evaluate_segmenter, save_eval
-
-    result = evaluate_segmenter(cfg)
-    print(describe(result, "DeepLabV3"))
-    save_eval(cfg, result)
-    return {"miou": result["miou"], "split": cfg.data.eval_split}
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    sections: tuple[str, ...]
-    """Config parts this stage reads itself (its ancestors' are added through ``inputs``)."""
+    entry: str
+    """``module:function`` in ``train/stages``: the stage's run, which carries its ``@reads`` declaration."""
     inputs: tuple[str, ...]
-    run: Callable[[RunConfig], dict]
     outputs: Callable[[RunConfig], list[str]]
     """Paths relative to the run directory that the stage makes (removed when it is redone)."""
     title: str = ""
 
+    @property
+    def run(self) -> Callable[[RunConfig], dict]:
+        module, _, function = self.entry.partition(":")
+        return getattr(importlib.import_module(f"{__package__}.stages.{module}"), function)
 
-_SEG_TRAIN_FIELDS = tuple(
-    f"seg.{f.name}" for f in dataclasses.fields(RunConfig().seg)
-    if not f.name.startswith("test_") and f.name not in _RUNTIME_FIELDS
-)  # fmt: skip
+    def reads(self, cfg: Any) -> tuple[str, ...]:
+        """The config parts this stage reads itself (its ancestors' are added through ``inputs``)."""
+        declared: Reads = self.run.reads
+        return declared.always + tuple(part for part, flag in declared.when.items() if _value(cfg, flag))
 
-# Stage 1 reads these data fields; the splits judged later join the stages that use them.
-_DATA_FIELDS = ("data.root", "data.kind", "data.train_split", "data.labels_csv")
+
+def _splits(cfg: RunConfig, *names: str) -> list[str]:
+    from .stages import pipeline_splits
+
+    return pipeline_splits(cfg, *names)
+
 
 STAGES: tuple[Stage, ...] = (
-    Stage("train", _DATA_FIELDS + ("model", "train", "runtime.amp"), (), _run_train, lambda c: ["stage1"], "stage 1 (AE-SIPE)"),
-    Stage("make-cam", ("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map", "cam.pamr"), ("train",), _run_make_cam,
-          lambda c: [f"cams/{s}" for s in _splits(c, "train", "seg", "cam")], "CAMs"),
-    Stage("eval-cam", ("cam.background_scale", "cam.sweep"), ("make-cam",), _run_eval_cam,
-          lambda c: ["cam_eval.json"], "stage-1 pseudo-labels"),
-    Stage("ir-label", ("crf", "ir_label"), ("make-cam",), _run_ir_label,
-          lambda c: [f"ir_labels/{c.data.train_split}"], "IR labels"),
-    Stage("irn", ("irn", "runtime.amp"), ("ir-label",), _run_irn, lambda c: ["irn"], "IRN"),
-    Stage("make-seg-labels", ("random_walk",), ("irn", "make-cam"), _run_make_seg_labels,
+    Stage("train", "stage1:run_train", (), lambda c: ["stage1"], "stage 1 (AE-SIPE)"),
+    Stage("make-cam", "make_cam:run_make_cam", ("train",), lambda c: [f"cams/{s}" for s in _splits(c, "train", "seg", "cam")],
+          "CAMs"),
+    Stage("eval-cam", "evaluate:run_eval_cam", ("make-cam",), lambda c: ["cam_eval.json"], "stage-1 pseudo-labels"),
+    Stage("ir-label", "ir_label:run_ir_label", ("make-cam",), lambda c: [f"ir_labels/{c.data.train_split}"], "IR labels"),
+    Stage("irn", "irn:run_irn", ("ir-label",), lambda c: ["irn"], "IRN"),
+    Stage("make-seg-labels", "random_walk:run_make_seg_labels", ("irn", "make-cam"),
           lambda c: [f"seg_labels/{s}" for s in _splits(c, "seg", "cam")], "random-walk labels"),
-    Stage("eval-seg-labels", (), ("make-seg-labels",), _run_eval_seg_labels,
-          lambda c: ["seg_labels_eval.json"], "random-walk pseudo-labels"),
-    Stage("seg", _SEG_TRAIN_FIELDS + ("runtime.amp",), ("make-seg-labels",), _run_seg, lambda c: ["seg"], "DeepLabV3"),
-    Stage("eval-seg", ("data.eval_split", "seg.test_scales", "seg.test_flip", "seg.test_crf", "crf"), ("seg",), _run_eval_seg,
-          lambda c: ["seg_eval.json"], "DeepLabV3"),
+    Stage("eval-seg-labels", "seg_eval:run_eval_seg_labels", ("make-seg-labels",), lambda c: ["seg_labels_eval.json"],
+          "random-walk pseudo-labels"),
+    Stage("seg", "seg:run_seg", ("make-seg-labels",), lambda c: ["seg"], "DeepLabV3"),
+    Stage("eval-seg", "seg_eval:run_eval_seg", ("seg",), lambda c: ["seg_eval.json"], "DeepLabV3"),
 )  # fmt: skip
 STAGE_NAMES = tuple(s.name for s in STAGES)
 _BY_NAME = {s.name: s for s in STAGES}
@@ -180,18 +107,19 @@ def _ancestors(name: str) -> list[str]:
     return seen
 
 
-def stage_hashes(cfg: Any, sections: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, Any]]:
-    """Per stage: ``config_hash`` (own + ancestors' sections), ``inputs`` {stage: key}, ``key``.
+def hashed_reads(name: str, own: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The config parts a stage's key hashes: what it and its ancestors declare they read (``own``: per stage)."""
+    return tuple(dict.fromkeys(part for stage in [*_ancestors(name), name] for part in own[stage]))
 
-    ``sections`` replaces some stages' own section lists (aesipe 0.1's, see ``pipeline_legacy``)."""
-    own = {stage.name: stage.sections for stage in STAGES} | (sections or {})
+
+def stage_hashes(cfg: Any, sections: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, Any]]:
+    """Per stage: ``config_hash`` (the parts it and its ancestors read), ``inputs`` {stage: key}, ``key``.
+
+    ``sections`` replaces some stages' own declarations (aesipe 0.1's, see ``pipeline_legacy``)."""
+    own = {stage.name: stage.reads(cfg) for stage in STAGES} | (sections or {})
     out: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
-        names = [n for a in [*_ancestors(stage.name), stage.name] for n in own[a]]
-        seg = cfg.seg if isinstance(cfg.seg, dict) else to_dict(cfg.seg)
-        if stage.name == "eval-seg" and not seg["test_crf"]:
-            names.remove("crf")  # the CRF settings matter only when the CRF runs
-        chash = config_hash(_sections(cfg, tuple(dict.fromkeys(names))))
+        chash = config_hash(_sections(cfg, hashed_reads(stage.name, own)))
         inputs = {p: out[p]["key"] for p in stage.inputs}
         out[stage.name] = {"config_hash": chash, "inputs": inputs, "key": config_hash({"c": chash, "i": inputs})}
     return out
@@ -297,7 +225,7 @@ def run_pipeline(
                                "started": _now()}
         _write_manifest(run_dir, manifest)
         try:
-            metrics = stage.run(cfg)
+            metrics = run_stage(stage, cfg)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             records[stage.name].update(status=status, finished=_now(), error=_one_line(exc)[:300])
@@ -306,6 +234,11 @@ def run_pipeline(
         records[stage.name].update(status="done", finished=_now(), **({"metrics": metrics} if metrics else {}))
         _write_manifest(run_dir, manifest)
     return manifest
+
+
+def run_stage(stage: Stage, cfg: RunConfig) -> dict:
+    """Run one stage; returns its metrics (the evaluations' mIoU and split)."""
+    return stage.run(cfg)
 
 
 def summary_lines(manifest: dict[str, Any]) -> list[str]:

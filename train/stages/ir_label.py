@@ -19,6 +19,7 @@ from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import save_label_png
 
 from ..runconfig import save_run_config
+from . import reads
 from .evaluate import cam_dir, cam_paths, load_cam_file
 from .pseudo_labels import prepare_label_dir, write_label_pngs
 
@@ -63,3 +64,10 @@ def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = Tr
     ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label)
     write_label_pngs(out_dir, ds.ids, _write_ir_label, ctx, cfg.ir_label.workers, f"ir-labels {split}", progress)
     return out_dir
+
+
+@reads("crf", "ir_label")
+def run_ir_label(cfg: RunConfig) -> dict:
+    """The pipeline's ``ir-label``."""
+    make_ir_labels(cfg, cfg.data.train_split)
+    return {}

@@ -8,12 +8,13 @@ Writes ``<run>/seg/checkpoints/last.pt`` (resumable), ``seg/log.csv`` and ``seg/
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from aesipe.config import RunConfig, run_config_from_saved, to_dict
+from aesipe.config import RUNTIME_ONLY_FIELDS, RunConfig, SegConfig, run_config_from_saved, to_dict
 from aesipe.models.deeplab import DeepLabV3Segmenter, build_deeplabv3
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
@@ -21,8 +22,8 @@ from aesipe.utils.labelpng import IGNORE_INDEX
 from .. import checkpoint as ckpt_io
 from .. import engine, loop
 from ..runconfig import save_run_config
+from . import reads, seg_train_split
 from .irn import backbone_weights
-from .random_walk import seg_train_split
 
 STAGE_DIR = "seg"
 # Where each label source lives and which command makes it.
@@ -95,3 +96,16 @@ def load_segmenter(cfg: RunConfig, checkpoint: str | Path | None = None) -> tupl
     model = build_deeplabv3(len(class_names) - 1, trained.seg.backbone, no_pretrained=True)
     model.load_state_dict(state["model"])
     return model.eval(), class_names
+
+
+SEG_TRAINING_FIELDS = tuple(f"seg.{f.name}" for f in fields(SegConfig)
+                            if not f.name.startswith("test_") and f.name not in RUNTIME_ONLY_FIELDS)
+"""What training the segmenter reads of its section: all but the test-time settings (``eval-seg``'s) and
+what only changes how fast it runs."""
+
+
+@reads(*SEG_TRAINING_FIELDS, "runtime.amp")
+def run_seg(cfg: RunConfig) -> dict:
+    """The pipeline's ``seg``."""
+    train_seg(cfg)
+    return {}
