@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
+import hashlib
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -97,62 +99,114 @@ def _metadata(loaded: LoadedModel, test_time: CamSettings | None, half: bool, op
     )
 
 
+def _source_record(loaded: LoadedModel, verified: bool) -> str:
+    """What the file was made from (the checkpoint's SHA-256) and whether it passed the parity check: lets an
+    ``--int8`` export reuse the float32 file of the same checkpoint and settings instead of tracing it again."""
+    digest = hashlib.sha256()
+    with open(loaded.checkpoint, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return json.dumps({"checkpoint_sha256": digest.hexdigest(), "verified": verified})
+
+
+def _same_float32_export(path: Path | None, metadata: dict[str, str]) -> bool:
+    """``path`` is a checked float32 ONNX file this export would write again (same metadata, source included)."""
+    if path is None or not path.is_file():
+        return False
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file we can read: export afresh
+        return False
+    return {entry.key: entry.value for entry in model.metadata_props} == metadata
+
+
 def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: bool = False,
                   opset: int | None = None, test_time: CamSettings | None = None, verify: bool = True,
-                  log: Callable[[str], None] = print, int8: dict | None = None) -> Path:
+                  log: Callable[[str], None] = print, int8: dict | None = None, float32_file: Path | None = None) -> Path:
     """Export ``loaded`` to ``out_path`` atomically; a file failing the parity check is never left behind.
 
     ``int8``: quantise the checked float32 file (``export/quantize.py``; keys ``calibration``, ``images``,
-    ``check_images``, ``min_agreement``)."""
+    ``check_images``, ``min_agreement``); ``float32_file``, when it is the checked float32 export of the same
+    checkpoint with the same settings, is quantised instead of tracing the network again."""
     from .verify import sample_inputs, verify_file
 
     num_classes = len(loaded.class_names) - 1
     if loaded.what == "pseudo_labeller" and test_time is None:
         test_time = cam_settings_of(loaded)
+    if int8 is not None:  # before any work: the calibration images must be there
+        from . import quantize
+
+        samples_of_run = quantize.run_samples(loaded.cfg, loaded.class_names, int8.get("calibration"),
+                                              int8.get("images", quantize.CALIBRATION_IMAGES),
+                                              int8.get("check_images", quantize.CHECK_IMAGES))
     reference = build_graph(loaded, loaded.net, test_time, half=False)
     graph = build_graph(loaded, copy.deepcopy(loaded.net), test_time, half=True) if half else reference
     samples = sample_inputs(64, 96, None if loaded.what == "segmenter" else num_classes)
     input_names = ["image"] if loaded.what == "segmenter" else ["image", "tags"]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.stem}.partial-{os.getpid()}{out_path.suffix}")
     what = loaded.what.replace("_", "-")
     detail = (f" ({test_time.describe()['scales']} scales, flip {test_time.flip}, PAMR {test_time.pamr}, background "
               f"x{loaded.cfg.cam.background_scale:g})" if test_time else "")
-    log(f"exporting the {what}{detail} to {fmt.name}: tracing the network (a real one takes a minute or two on a CPU)")
-    started = time.perf_counter()
+    source = _source_record(loaded, verify)
+
+    def make_metadata(**kwargs) -> dict[str, str]:
+        return _metadata(loaded, test_time, half, **kwargs) | {"source": source}
+
+    reuse = False
+    if int8 is not None:  # int8 files are ONNX: the float32 one, if checked and the same, is quantised as it is
+        from .onnx import DEFAULT_OPSET
+
+        reuse = _same_float32_export(float32_file, make_metadata(opset=opset or DEFAULT_OPSET))
+    made = [folder for folder in [out_path.parent, *out_path.parent.parents] if not folder.exists()]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with torch.no_grad():
-            make_metadata = functools.partial(_metadata, loaded, test_time, half)
-            fmt.write(graph, samples, input_names, ["scores", "labels"], make_metadata, partial, opset)
-        log(f"written in {time.perf_counter() - started:.0f} s" + ("; checking it against PyTorch at two sizes" if verify else ""))
-        if verify:
-            result = verify_file(partial, reference, None if loaded.what == "segmenter" else num_classes,
-                                 "float16" if half else "float32")
-            log(result.summary())
-            if not result.ok:
-                raise UserError(f"the exported file does not match PyTorch ({result.summary()}); nothing written",
-                                exit_code=1)
+        if reuse:
+            log(f"quantising {float32_file}: the checked float32 export of this checkpoint with these settings")
+            shutil.copyfile(float32_file, partial)
+        else:
+            log(f"exporting the {what}{detail} to {fmt.name}: tracing the network (a real one takes a minute or two "
+                "on a CPU)")
+            started = time.perf_counter()
+            with torch.no_grad():
+                fmt.write(graph, samples, input_names, ["scores", "labels"], make_metadata, partial, opset)
+            log(f"written in {time.perf_counter() - started:.0f} s" + ("; checking it against PyTorch at two sizes"
+                                                                       if verify else ""))
+            if verify:
+                result = verify_file(partial, reference, None if loaded.what == "segmenter" else num_classes,
+                                     "float16" if half else "float32")
+                log(result.summary())
+                if not result.ok:
+                    raise UserError(f"the exported file does not match PyTorch ({result.summary()}); nothing written",
+                                    exit_code=1)
         if int8 is not None:
-            _quantise_into(partial, loaded, int8, log)
+            _quantise_into(partial, loaded, samples_of_run, int8, log)
         os.replace(partial, out_path)
         log(f"wrote {out_path}")
         tags = "" if loaded.what == "segmenter" else " --tags TAGS.csv"
         log(f"next: aesipe-label {out_path} IMAGES/ OUT_DIR/{tags}")
+    except BaseException:
+        for folder in made:  # the folders this export made go too (emptied: the partial file is removed first)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+                folder.rmdir()
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     return out_path
 
 
-def _quantise_into(partial: Path, loaded: LoadedModel, settings: dict, log: Callable[[str], None]) -> None:
-    """Replace the checked float32 ``partial`` by its int8 version, judged against it first."""
+def _quantise_into(partial: Path, loaded: LoadedModel, samples: tuple[list, list], settings: dict,
+                   log: Callable[[str], None]) -> None:
+    """Replace the checked float32 ``partial`` by its int8 version, judged against it first; ``samples``:
+    (calibration, held-out check) from ``quantize.run_samples``."""
     import onnx
 
     from . import quantize
 
-    calibration, held_out = quantize.run_samples(loaded.cfg, loaded.class_names, settings.get("calibration"),
-                                                 settings.get("images", quantize.CALIBRATION_IMAGES),
-                                                 settings.get("check_images", quantize.CHECK_IMAGES))
+    calibration, held_out = samples
     quantised = partial.with_name(partial.stem + ".int8.onnx")
     try:
         quantize.quantise(partial, quantised, calibration, log)
@@ -208,7 +262,10 @@ def export_model(source: str | Path, out_path: str | Path | None = None, format:
     out = Path(out_path) if out_path else default_output(source, loaded, fmt)
     if out.suffix.lower() not in (fmt.suffix, ".torchscript"):
         out = out.with_name(out.name + fmt.suffix)
-    if int8 is not None and out_path is None:
-        out = out.with_name(out.stem + "_int8" + out.suffix)
+    float32_file = None
+    if int8 is not None:  # the float32 export of the same source, where `aesipe-export SOURCE` writes it
+        float32_file = default_output(source, loaded, fmt)
+        if out_path is None:
+            out = out.with_name(out.stem + "_int8" + out.suffix)
     return export_loaded(loaded, out, fmt, half=half, opset=opset, test_time=test_time, verify=verify, log=log,
-                         int8=int8)
+                         int8=int8, float32_file=float32_file)

@@ -1,8 +1,6 @@
 """`aesipe-export SOURCE [OUT]`: a run directory or checkpoint -> a verified ONNX / TorchScript file."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from aesipe.constants import PROG_EXPORT as PROG
-from aesipe.utils.cli import make_app, run_cli, user_errors, version_option
+from aesipe.utils.cli import make_app, parse_scales, run_torch_cli, user_errors, version_option
 from aesipe.utils.errors import UserError
 
 app = make_app(PROG)
@@ -56,25 +54,12 @@ def export(
     if calibration is not None and not int8:
         raise UserError("--calibration applies to --int8 exports")
     settings = {"calibration": calibration, "images": calibration_images} if int8 else None
-    export_model(source, out, format=format.value, half=half, opset=opset,
-                  what=what.value if what else None, pamr=pamr, scales=_scales(scales), flip=flip, verify=verify,
-                  log=typer.echo, int8=settings)
-
-
-def _scales(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"--scales takes comma-separated numbers like 1.0,0.5, not {text!r}") from None
+    test_scales = parse_scales(scales, "--scales") if scales is not None else None
+    export_model(source, out, format=format.value, half=half, opset=opset, what=what.value if what else None,
+                 pamr=pamr, scales=test_scales, flip=flip, verify=verify, log=typer.echo, int8=settings)
 
 
 def main() -> None:
-    # The light install (`aesipe[cpu]`) has the command but not torch: one line, exit 2, before any export.
-    # (With torch but without onnx/onnxscript, an ONNX export ends in its own one-line hint, exit 2.)
-    missing = [name for name in ("torch", "torchvision") if importlib.util.find_spec(name) is None]
-    if missing:
-        print(f"{PROG}: error: exporting needs {' and '.join(missing)}: pip install 'aesipe[export]'", file=sys.stderr)
-        sys.exit(2)
-    run_cli(app, PROG)
+    # Without torch: one line naming the extra. With torch but without onnx/onnxscript, an ONNX export ends in
+    # its own one-line hint, exit 2.
+    run_torch_cli(app, PROG, "exporting", "export")

@@ -46,8 +46,8 @@ class QuantisationCheck:
     def summary(self) -> str:
         text = f"int8 vs float32 on {self.images} held-out images: label agreement {100 * self.agreement:.2f}%"
         if self.miou_float32 is not None:
-            text += (f", mIoU {100 * self.miou_float32:.1f} -> {100 * self.miou_int8:.1f} "
-                     f"({100 * (self.miou_int8 - self.miou_float32):+.1f})")
+            before, after = round(100 * self.miou_float32, 1), round(100 * self.miou_int8, 1)
+            text += f", mIoU {before:.1f} -> {after:.1f} ({after - before:+.1f})"  # the change of the shown values
         return text
 
     def as_metadata(self) -> str:
@@ -122,20 +122,16 @@ class _Reader:
         self._feeds = None
 
 
-def prepare_for_quantisation(quantization, source: Path, target: Path, log: Callable[[str], None]) -> None:
-    """ONNX Runtime's pre-processing (shape inference + graph optimisation) of ``source`` into ``target``.
+def prepare_for_quantisation(quantization, source: Path, target: Path) -> None:
+    """ONNX Runtime's pre-processing (ONNX shape inference + graph optimisation) of ``source`` into ``target``.
 
-    Its symbolic shape inference gives up on some graphs with dynamic sizes (a real DeepLabV3-MobileNetV2:
-    "Incomplete symbolic shape inference", a bare ``Exception``); ONNX's own shape inference is then used.
-    It writes its temporary files (``sym_shape_infer_temp.onnx`` and a 20 MB ``<uuid>.data`` for that model)
-    into the current directory and leaves them when it fails, so it runs inside ``target``'s folder."""
+    Its symbolic shape inference is skipped: it gives up on aesipe's graphs, whose sizes flow through Resize
+    ("Incomplete symbolic shape inference" on a real DeepLabV3-MobileNetV2), and ONNX's own shape inference
+    gives the quantiser the shapes it needs. ORT may write temporary files into the current directory, so it
+    runs inside ``target``'s folder."""
     source, target = Path(source).resolve(), Path(target).resolve()
     with contextlib.chdir(target.parent):
-        try:
-            quantization.shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
-        except Exception as exc:  # noqa: BLE001 - ORT raises a plain Exception here
-            log(f"symbolic shape inference failed ({str(exc).splitlines()[0][:80]}); using ONNX shape inference")
-            quantization.shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+        quantization.shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
 
 
 def quantise(float32_file: Path, out_file: Path, calibration: list[Sample], log: Callable[[str], None]) -> None:
@@ -147,7 +143,7 @@ def quantise(float32_file: Path, out_file: Path, calibration: list[Sample], log:
     log(f"quantising to int8: calibrating on {len(calibration)} images")
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        prepare_for_quantisation(quantization, float32_file, prepared, log)
+        prepare_for_quantisation(quantization, float32_file, prepared)
         quantization.quantize_static(
             str(prepared), str(out_file), _Reader(labeler, calibration), quant_format=quantization.QuantFormat.QDQ,
             per_channel=True, activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,

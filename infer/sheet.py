@@ -1,9 +1,13 @@
-"""``OUTPUT/sheet.html``: a contact sheet for the reviewer -- per image, thumbnails of the image, its overlay
-and its confidence map (each a link to the full file), the classes with their pixel fractions and the mean
-confidence; least confident first when there is confidence, else by name. Thumbnails live in
-``OUTPUT/sheet/`` and are made from the written masks and confidence maps (so a re-run's kept masks appear
-too); one whose sources have not changed since it was made is kept. Every link is relative: the folder
-can be moved or served as it is.
+"""``OUTPUT/sheet.html``: the page a reviewer scans -- a dense grid of cards, least confident first.
+
+Each card: the overlay thumbnail (or, by a switch at the top, the image or the confidence map; each links to the
+full file), the image's name, its mean confidence on a badge coloured by ``REVIEW_BELOW`` with its share of
+uncertain pixels, and its classes with swatches and pixel fractions. The top of the page names the input and
+holds the legends (every class with its swatch, background included; what the badge colours mean; the
+confidence map's scale, white = confident) and a filter by class. The switches are plain CSS (``:has``), no
+script: a browser without it shows the overlays of all cards. Thumbnails live in ``OUTPUT/sheet/`` and are made
+from the written masks and confidence maps (so a re-run's kept masks appear too); one whose sources have not
+changed since it was made is kept. Every link is relative: the folder can be moved or served as it is.
 """
 from __future__ import annotations
 
@@ -23,21 +27,35 @@ from aesipe.utils.atomic import atomic_write_bytes, atomic_write_text
 from aesipe.utils.labelpng import load_label_png, overlay
 
 from .postprocess import resize_labels_nearest
+from .report import UNCERTAIN_BELOW
 
 SHEET_FILE, SHEET_FOLDER = "sheet.html", "sheet"
 THUMB_SIDE = 240
+REVIEW_BELOW = 0.9
+"""A card whose mean confidence is below this gets the "review" colour; at or above it, the "confident" one."""
+VIEWS = ("overlay", "image", "confidence")
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
-h1{font-size:1.4em;margin:0 0 .3em} p.meta{color:#555;margin:.2em 0 1em}
-.legend span,.classes li{display:inline-flex;align-items:center;margin:0 .9em .3em 0}
-.sw{display:inline-block;width:.9em;height:.9em;border:1px solid #888;margin-right:.35em}
-.grid{display:flex;flex-direction:column;gap:.8em}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em .8em;margin:0}
-.card h2{font-size:1em;margin:0 0 .3em;word-break:break-all} .card .score{color:#a33;font-weight:600}
-.thumbs{display:flex;gap:.5em;flex-wrap:wrap} .thumbs img{max-height:180px;border:1px solid #ccc}
-.thumbs figure{margin:0} .thumbs figcaption{font-size:.75em;color:#666}
-.classes{list-style:none;padding:0;margin:.4em 0 0} .failed li{color:#a33}
+*{box-sizing:border-box} body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f5;color:#1f2328}
+header{position:sticky;top:0;z-index:1;background:#fff;border-bottom:1px solid #d0d7de;padding:.6em 1em}
+h1{font-size:1.15em;margin:0} .meta{color:#57606a;margin:.15em 0 .4em;font-size:.9em}
+.controls{display:flex;flex-wrap:wrap;gap:.3em 1.4em;font-size:.85em;align-items:center}
+.controls fieldset{border:0;margin:0;padding:0;display:flex;flex-wrap:wrap;gap:.2em .7em;align-items:center}
+.controls legend{float:left;font-weight:600;margin-right:.4em} .controls label{white-space:nowrap;cursor:pointer}
+.sw{display:inline-block;width:.85em;height:.85em;border:1px solid #57606a;margin-right:.3em;vertical-align:-.1em}
+.badge{display:inline-block;padding:0 .35em;border-radius:.3em;font-weight:600;font-variant-numeric:tabular-nums}
+.review .badge,.badge.review{background:#ffe2e0;color:#a40e26} .confident .badge,.badge.confident{background:#dafbe1;color:#116329}
+.scale{display:inline-block;width:7em;height:.8em;border:1px solid #57606a;vertical-align:-.1em;
+ background:linear-gradient(90deg,#000,#fff)}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:.6em;padding:.8em 1em}
+.card{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:.35em;min-width:0;font-size:.8em}
+.card.review{border-color:#ff8182} .card a{display:block}
+.card img{display:block;width:100%;aspect-ratio:4/3;object-fit:contain;background:#eaeef2}
+.card .t-image,.card .t-confidence{display:none}
+.card h2{font-size:1em;margin:.3em 0 .1em;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.score{margin:0 0 .2em;color:#57606a} .classes{list-style:none;padding:0;margin:0;color:#1f2328}
+.classes li{display:inline-block;margin-right:.6em;white-space:nowrap}
+#failed{padding:0 1em 1em} #failed li{color:#a40e26}
 """
 
 
@@ -99,43 +117,102 @@ def _swatch(palette: np.ndarray, index: int) -> str:
     return f'<span class="sw" style="background:rgb({r},{g},{b})"></span>'
 
 
+def _percent(fraction: float) -> str:
+    """A pixel fraction as the card shows it: one decimal, and "<0.1%" for a class that is there but tiny."""
+    return "<0.1%" if 0 < fraction < 0.0005 else f"{100 * fraction:.1f}%"
+
+
+def _input_of(entries: Sequence[SheetEntry]) -> str:
+    """The folder the labelled images came from (their common folder)."""
+    if not entries:
+        return ""
+    try:
+        return os.path.commonpath([str(Path(e.image).parent) for e in entries])
+    except ValueError:  # images on different drives
+        return ""
+
+
+def _switches(classes: Sequence[str], palette: np.ndarray, present: Sequence[int],
+              has_confidence: bool) -> tuple[str, str]:
+    """The view switch and the class filter (whose swatches are the class legend), with their CSS."""
+    views = VIEWS if has_confidence else VIEWS[:2]
+    view = "".join(f'<label><input type="radio" name="view" id="view-{v}"{" checked" if v == views[0] else ""}> '
+                   f"{'confidence map' if v == 'confidence' else v}</label>" for v in views)
+    filters = '<label><input type="radio" name="class" id="class-all" checked> all</label>' + "".join(
+        f'<label><input type="radio" name="class" id="class-{i}"> {_swatch(palette, i)}{html.escape(classes[i])}</label>'
+        for i in range(len(classes)))
+    rules = [f"body:has(#view-{v}:checked) .card .t-{v}{{display:block}}" for v in views[1:]]
+    rules += [f"body:has(#view-{v}:checked) .card .t-overlay{{display:none}}" for v in views[1:]]
+    rules += [f"body:has(#class-{i}:checked) .card:not(.c{i}){{display:none}}" for i in present]
+    rules += [f"body:has(#class-{i}:checked) .card{{display:none}}" for i in range(len(classes)) if i not in present]
+    controls = (f'<div class="controls"><fieldset><legend>show</legend>{view}</fieldset>'
+                f'<fieldset><legend>classes</legend>{filters}</fieldset></div>')
+    return controls, "\n".join(rules)
+
+
+def _legend(has_confidence: bool) -> str:
+    if not has_confidence:
+        return ""
+    return (f'<p class="meta">mean confidence: <span class="badge review">below {REVIEW_BELOW:g}</span> review '
+            f'first, <span class="badge confident">{REVIEW_BELOW:g} or more</span> confident. Confidence map: '
+            f'black 0 <span class="scale"></span> 1 white = confident; a pixel below {UNCERTAIN_BELOW:g} counts as '
+            "uncertain.</p>")
+
+
+def _card(entry: SheetEntry, thumbs: dict[str, Path], output_dir: Path, classes: Sequence[str],
+          palette: np.ndarray) -> str:
+    index = {name: i for i, name in enumerate(classes)}
+    links = {"overlay": entry.overlay or entry.mask, "image": entry.image, "confidence": entry.confidence}
+    name = html.escape(entry.rel)
+    figures = "".join(
+        f'<a class="t-{kind}" href="{_href(links[kind], output_dir)}"><img src="{_href(thumbs[kind], output_dir)}" '
+        f'alt="{kind} of {name}" loading="lazy"></a>'
+        for kind in VIEWS if kind in thumbs and links[kind] is not None)
+    fractions = sorted(entry.record.get("classes", {}).items(), key=lambda kv: -kv[1])
+    items = "".join(f"<li>{_swatch(palette, index[c]) if c in index else ''}{html.escape(c)} {_percent(v)}</li>"
+                    for c, v in fractions)
+    marks = [f"c{index[c]}" for c, v in fractions if c in index and v > 0]
+    score = ""
+    if "mean_confidence" in entry.record:
+        mean = entry.record["mean_confidence"]
+        marks.append("review" if mean < REVIEW_BELOW else "confident")
+        score = (f'<p class="score"><span class="badge">{mean:.3f}</span> '
+                 f'{_percent(entry.record["uncertain_fraction"])} uncertain</p>')
+    return (f'<article class="card {" ".join(marks)}">{figures}<h2 title="{name}">{name}</h2>{score}'
+            f'<ul class="classes">{items}</ul></article>')
+
+
 def write_sheet(output_dir: Path, entries: list[SheetEntry], failed: list[tuple[str, str]], classes: Sequence[str],
                 palette: np.ndarray, names: dict[str, str], title: str) -> Path:
-    """Write the thumbnails and ``sheet.html``; ``names``: report name -> mask name (``a/b.png``)."""
+    """Write the thumbnails and ``sheet.html``; ``names``: report name -> mask name (``a/b.png``); ``title``: the
+    page's heading (it should name the input)."""
     has_confidence = any(e.confidence is not None for e in entries)
     if has_confidence:
         entries = sorted(entries, key=lambda e: (e.record.get("mean_confidence", 2.0), e.rel))
     else:
         entries = sorted(entries, key=lambda e: e.rel)
-    index = {name: i for i, name in enumerate(classes)}
     cards = []
     for entry in entries:
-        stem = output_dir / SHEET_FOLDER / names[entry.rel][: -len(".png")]
-        thumbs = _thumbnails(entry, stem, palette)
-        links = [("image", entry.image), ("overlay", entry.overlay or entry.mask), ("confidence", entry.confidence)]
-        figures = "".join(
-            f'<figure><a href="{_href(target, output_dir)}"><img src="{_href(thumbs[kind], output_dir)}" '
-            f'alt="{kind} of {html.escape(entry.rel)}" loading="lazy"></a><figcaption>{kind}</figcaption></figure>'
-            for kind, target in links if kind in thumbs and target is not None)
-        fractions = sorted(entry.record.get("classes", {}).items(), key=lambda kv: -kv[1])
-        class_items = "".join(f"<li>{_swatch(palette, index[name]) if name in index else ''}{html.escape(name)} "
-                              f"{100 * value:.1f}%</li>" for name, value in fractions)
-        score = ""
-        if "mean_confidence" in entry.record:
-            score = (f'<span class="score">confidence {entry.record["mean_confidence"]:.3f}</span>, '
-                     f'{100 * entry.record["uncertain_fraction"]:.1f}% of pixels uncertain')
-        cards.append(f'<figure class="card"><h2>{html.escape(entry.rel)}</h2><div>{score}</div>'
-                     f'<div class="thumbs">{figures}</div><ul class="classes">{class_items}</ul></figure>')
-    legend = "".join(f"<span>{_swatch(palette, i)}{html.escape(name)}</span>" for i, name in enumerate(classes) if i)
+        thumbs = _thumbnails(entry, output_dir / SHEET_FOLDER / names[entry.rel][: -len(".png")], palette)
+        cards.append(_card(entry, thumbs, output_dir, classes, palette))
+    index = {name: i for i, name in enumerate(classes)}
+    present = sorted({index[c] for e in entries for c, v in e.record.get("classes", {}).items() if c in index and v > 0})
+    controls, rules = _switches(classes, palette, present, has_confidence)
     order = "least confident first" if has_confidence else "by name"
+    source = _input_of(entries)
+    flagged = sum(1 for e in entries if e.record.get("mean_confidence", 1.0) < REVIEW_BELOW) if has_confidence else 0
+    summary = (f"{len(entries)} labelled images" + (f" from {html.escape(source)}" if source else "") + f", {order}"
+               + (f"; {flagged} below {REVIEW_BELOW:g}" if has_confidence else "")
+               + (f'; <a href="#failed">{len(failed)} failed</a>' if failed else "") + ".")
     failures = ""
     if failed:
         items = "".join(f"<li>{html.escape(rel)}: {html.escape(reason)}</li>" for rel, reason in failed)
-        failures = f'<h2>{len(failed)} failed</h2><ul class="failed">{items}</ul>'
-    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<p class="meta">{len(entries)} labelled images, {order}.</p><div class="legend">{legend}</div>'
-            f'<div class="grid">{"".join(cards)}</div>{failures}</body></html>\n')
+        failures = f'<section id="failed"><h2>{len(failed)} failed</h2><ul>{items}</ul></section>'
+    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{html.escape(title)}</title>'
+            f"<style>{_STYLE}{rules}</style></head><body><header><h1>{html.escape(title)}</h1>"
+            f'<p class="meta">{summary}</p>{controls}{_legend(has_confidence)}</header>'
+            f'<main>{"".join(cards)}</main>{failures}</body></html>\n')
     path = output_dir / SHEET_FILE
     atomic_write_text(path, page)
     return path

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from aesipe.utils.threads import apply_thread_policy
+
+# The suite runs torch in this process too: the programs' thread policy (idle OpenMP threads sleep instead of
+# spinning; benchmarks/RESULTS.md, "Threads under load"), applied before any test module imports torch.
+apply_thread_policy()
+
 REPO = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout (or AESIPE_SHARED): real data for optional tests, never needed.
 SHARED = Path(os.environ.get("AESIPE_SHARED", REPO.parent / "shared"))

@@ -1,14 +1,12 @@
 """``aesipe-train``: thin Typer commands; each parses, resolves the run config and calls a stage function."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 from aesipe.constants import PROG_TRAIN as PROG
-from aesipe.utils.cli import make_app, run_cli, version_option
+from aesipe.utils.cli import add_commands, make_app, run_torch_cli, version_option
 
-app = make_app(PROG, "Train AE-SIPE, IRN and DeepLabV3 from image-level tags, stage by stage or as one pipeline.",
-               no_args_is_help=True)
+from . import commands_data, commands_refine, commands_stage1
+
+app = make_app(PROG, "Train AE-SIPE, IRN and DeepLabV3 from image-level tags, stage by stage or as one pipeline.")
 
 
 @app.callback()
@@ -16,21 +14,28 @@ def _root(version: version_option(PROG) = None) -> None:
     """Each stage reads and writes one run directory (see docs/ARCHITECTURE.md)."""
 
 
-# Stage commands live in their own modules and register themselves on `app`.
-from . import commands_data, commands_refine, commands_stage1  # noqa: E402
-
-commands_data.register(app)
-commands_stage1.register(app)
-commands_refine.register(app)
+# In the order a user meets them: the demo, data, the pipeline, its stages in pipeline order, then tools.
+add_commands(app, [
+    ("demo", commands_refine.demo),
+    ("synth", commands_data.synth),
+    ("pipeline", commands_refine.pipeline),
+    ("train", commands_stage1.train),
+    ("make-cam", commands_stage1.make_cam),
+    ("eval-cam", commands_data.eval_cam),
+    ("calibrate", commands_data.calibrate),
+    ("crf", commands_data.crf),
+    ("ir-label", commands_refine.ir_label),
+    ("irn", commands_refine.irn),
+    ("make-seg-labels", commands_refine.make_seg_labels),
+    ("seg", commands_refine.seg),
+    ("eval-seg", commands_refine.eval_seg),
+    ("import-checkpoint", commands_stage1.import_checkpoint),
+    ("config", commands_stage1.config),
+])  # fmt: skip
 
 
 def main() -> None:
-    # The light install (`aesipe[cpu]`) has the command but not torch: one line, exit 2, before any stage runs.
-    missing = [name for name in ("torch", "torchvision") if importlib.util.find_spec(name) is None]
-    if missing:
-        print(f"{PROG}: error: training needs {' and '.join(missing)}: pip install 'aesipe[train]'", file=sys.stderr)
-        sys.exit(2)
-    run_cli(app, PROG)
+    run_torch_cli(app, PROG, "training", "train")
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node=N -m aesipe.train.cli train RUN_DIR ...

@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from aesipe.constants import PROG_TRAIN as PROG
-from aesipe.utils.cli import user_errors
+from aesipe.utils.cli import parse_scales, user_errors
 from aesipe.utils.errors import UserError
 
-from .cli_options import Overrides, Recipe, RunDir
+from .cli_options import Overrides, Recipe, RunDir, run_config
 
 Split = Annotated[Optional[str], typer.Option("--split", help="Split to use (default: data.cam_split; ir: data.train_split).")]
 MapKeyOption = Annotated[
@@ -27,33 +27,10 @@ Protocol = Annotated[
 ]
 
 
-def _parse_scales(text: str | None, option: str = "--sweep") -> list[float]:
-    """``0.5,0.6,0.7`` or a range ``START:STOP:STEP`` (both ends included), e.g. ``0.5:1.5:0.05``."""
-    if not text:
-        return []
-    try:
-        if ":" in text:
-            start, stop, step = (float(part) for part in text.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            count = int(round((stop - start) / step)) + 1
-            return [round(start + k * step, 6) for k in range(count)]
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"{option} takes numbers like 0.5,0.6,0.7 or a range START:STOP:STEP like 0.5:1.5:0.05, "
-                        f"not {text!r}") from None
-
-
 def _choice(value: str | None, choices: tuple[str, ...], option: str) -> str | None:
     if value is not None and value not in choices:
         raise UserError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
     return value
-
-
-def _existing_run(run_dir: Path) -> Path:
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
-    return run_dir
 
 
 @user_errors(PROG)
@@ -66,7 +43,9 @@ def synth(
     classes: Annotated[int, typer.Option("--classes", help="Number of object classes (1-8).")] = 5,
     image_format: Annotated[str, typer.Option("--format", help="jpg or png.")] = "jpg",
 ) -> None:
-    """Write a synthetic dataset (textured scenes, exact masks, CSV tags): the whole pipeline runs on it on a CPU."""
+    """Write the built-in synthetic dataset (VOC layout).
+
+    Textured scenes with exact masks and CSV tags, the same bytes for the same seed: the whole pipeline runs on it on a CPU."""
     from aesipe.data.synth import generate
 
     if not 0 <= val_fraction < 1:
@@ -88,14 +67,15 @@ def eval_cam(
     crf: Annotated[bool, typer.Option("--crf", help="Also judge the CRF-refined labels (see --protocol).")] = False,
     protocol: Protocol = None,
 ) -> None:
-    """Judge the run's CAM files (mIoU, per-class IoU/precision/recall) and write RUN_DIR/cam_eval.json."""
-    from .runconfig import resolve_run_config
+    """Judge the maps: mIoU, per-class IoU, precision, recall.
+
+    Writes RUN_DIR/cam_eval.json; --sweep also tries other background scales, --crf the CRF-refined labels."""
     from .stages.evaluate import MAP_KEYS, describe, evaluate_cams, save_cam_eval
 
-    cfg = resolve_run_config(_existing_run(run_dir), recipe, overrides or [])
+    cfg = run_config(run_dir, recipe, overrides, existing=True)
     _choice(map_key, MAP_KEYS, "--map-key")
     protocol = _choice(protocol, ("label", "ir"), "--protocol") or cfg.crf.protocol
-    scales = [cfg.cam.background_scale, *(_parse_scales(sweep) or cfg.cam.sweep)]
+    scales = [cfg.cam.background_scale, *(parse_scales(sweep, "--sweep") if sweep is not None else cfg.cam.sweep)]
     plain = evaluate_cams(cfg, split, map_key, scales)
     typer.echo(describe(plain))
     with_crf = None
@@ -116,15 +96,16 @@ def crf(
     map_key: MapKeyOption = "maps",
     sheet: Annotated[bool, typer.Option("--sheet", help="Also write a contact sheet (image | GT | labels) JPEG.")] = False,
 ) -> None:
-    """CRF-refine the run's CAMs into palette PNGs: pseudo_labels/<split>/ (label) or ir_labels/<split>/ (ir)."""
+    """Dense-CRF pseudo-labels from the maps, as palette PNGs.
+
+    Writes RUN_DIR/pseudo_labels/<split>/ (--protocol label) or RUN_DIR/ir_labels/<split>/ (--protocol ir)."""
     from aesipe.data import open_dataset
 
-    from .runconfig import resolve_run_config
     from .stages.evaluate import MAP_KEYS
     from .stages.ir_label import make_ir_labels
     from .stages.label_folders import contact_sheet, write_pseudo_labels
 
-    cfg = resolve_run_config(_existing_run(run_dir), recipe, overrides or [])
+    cfg = run_config(run_dir, recipe, overrides, existing=True)
     protocol = _choice(protocol, ("label", "ir"), "--protocol") or cfg.crf.protocol
     _choice(map_key, MAP_KEYS, "--map-key")
     if protocol == "ir":
@@ -151,21 +132,14 @@ def calibrate(
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Stage-1 checkpoint (default: "
                                                                             "RUN_DIR/stage1/final.pt).")] = None,
 ) -> None:
-    """Pick the background scale on a few masks you have (makes their CAMs if needed) and store it in the run.
+    """Pick the background scale on a few masks you have.
 
-    eval-cam, the CRF pseudo-labels, the IR labels and the exported pseudo-labeller then use it. Judge the
-    result on images the calibration did not see."""
-    from .runconfig import resolve_run_config
+    Stores it in the run; makes the CAMs of those images if needed. eval-cam, the CRF pseudo-labels, the IR
+    labels and the exported pseudo-labeller then use it. Judge the result on images the calibration did not see."""
     from .stages.calibrate import calibrate as run
     from .stages.calibrate import describe
 
-    cfg = resolve_run_config(_existing_run(run_dir), recipe, overrides or [])
-    _, record = run(cfg, split, images, _parse_scales(scales, "--scales") or None, checkpoint)
+    cfg = run_config(run_dir, recipe, overrides, existing=True)
+    _, record = run(cfg, split, images, list(parse_scales(scales, "--scales")) if scales is not None else None, checkpoint)
     typer.echo(describe(record))
 
-
-def register(app: typer.Typer) -> None:
-    app.command("synth")(synth)
-    app.command("eval-cam")(eval_cam)
-    app.command("crf")(crf)
-    app.command("calibrate")(calibrate)

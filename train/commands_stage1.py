@@ -10,18 +10,19 @@ from aesipe.constants import PROG_TRAIN as PROG
 from aesipe.utils.cli import user_errors
 from aesipe.utils.errors import UserError
 
-from .cli_options import Overrides, Recipe, RunDir, echo_rank0
+from .cli_options import Overrides, Recipe, RunDir, echo_rank0, run_config
 
 
 @user_errors(PROG)
 def train(run_dir: RunDir, overrides: Overrides = None, recipe: Recipe = None) -> None:
-    """Train the AE-SIPE network (resumes from RUN_DIR/stage1/checkpoints/last.pt); writes stage1/final.pt.
+    """Stage 1: train the AE-SIPE network.
+
+    Writes RUN_DIR/stage1/final.pt; resumes from RUN_DIR/stage1/checkpoints/last.pt.
 
     Several GPUs: torchrun --nproc_per_node=N -m aesipe.train.cli train RUN_DIR ..."""
-    from .runconfig import resolve_run_config
     from .stages.stage1 import train_stage1
 
-    cfg = resolve_run_config(run_dir, recipe, overrides or [])
+    cfg = run_config(run_dir, recipe, overrides)
     path = train_stage1(cfg)
     echo_rank0(f"wrote {path}")
 
@@ -36,11 +37,12 @@ def make_cam(
         Optional[Path], typer.Option("--checkpoint", help="Stage-1 checkpoint (default: RUN_DIR/stage1/final.pt).")
     ] = None,
 ) -> None:
-    """Multi-scale + flip maps for every image of a split: RUN_DIR/cams/<split>/<id>.npz (skips existing files)."""
-    from .runconfig import resolve_run_config
+    """Multi-scale + flip maps of every image of a split.
+
+    The pseudo-labels are made from them. Writes RUN_DIR/cams/<split>/<id>.npz; files already there are kept."""
     from .stages.make_cam import make_cams
 
-    cfg = resolve_run_config(run_dir, recipe, overrides or [])
+    cfg = run_config(run_dir, recipe, overrides)
     typer.echo(f"wrote {make_cams(cfg, split, checkpoint)}")
 
 
@@ -51,11 +53,12 @@ def import_checkpoint(
     overrides: Overrides = None,
     recipe: Recipe = None,
 ) -> None:
-    """Convert the authors' checkpoint into RUN_DIR/stage1/final.pt (usable by make-cam and aesipe-export)."""
-    from .runconfig import resolve_run_config
+    """Use the authors' SIPE/AE-SIPE checkpoint as stage 1.
+
+    Writes RUN_DIR/stage1/final.pt (for make-cam and aesipe-export)."""
     from .stages.stage1 import import_authors_checkpoint
 
-    cfg = resolve_run_config(run_dir, recipe, overrides or [])
+    cfg = run_config(run_dir, recipe, overrides)
     path, report = import_authors_checkpoint(cfg, source)
     typer.echo(report)
     typer.echo(f"wrote {path}")
@@ -68,9 +71,9 @@ def config(
     overrides: Overrides = None,
     recipe: Recipe = None,
 ) -> None:
-    """Print every config field with its value and what it does (defaults <- RUN_DIR's config <- recipe <- overrides).
+    """Print every config field, its value and what it does.
 
-    Nothing is written. Override any field on any command as section.field=value."""
+    Defaults <- RUN_DIR's config <- recipe <- overrides; nothing is written. Override any field on any command as section.field=value."""
     from aesipe.config import RunConfig, load_config, to_dict
     from aesipe.config.describe import describe_config
     from aesipe.config.schema import read_run_config
@@ -86,9 +89,3 @@ def config(
     cfg = load_config(RunConfig, recipe, overrides or [], base=base)
     typer.echo("\n".join(describe_config(cfg)))
 
-
-def register(app: typer.Typer) -> None:
-    app.command("train")(train)
-    app.command("make-cam")(make_cam)
-    app.command("import-checkpoint")(import_checkpoint)
-    app.command("config")(config)

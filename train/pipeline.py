@@ -159,43 +159,78 @@ def _check_stage(name: str | None, option: str) -> None:
         raise UserError(f"{option} must name a stage: {', '.join(STAGE_NAMES)} (got {name!r})")
 
 
+def _check_data(cfg: RunConfig) -> None:
+    """Open every split the stages read, before any of them runs: a wrong data.root, a missing split file or a
+    bad tag CSV is one line before any work, not an error in the middle of the pipeline."""
+    from aesipe.data import open_dataset
+
+    for split in dict.fromkeys([*_splits(cfg, "train", "seg", "cam"), cfg.data.eval_split]):
+        open_dataset(cfg.data, split)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def run_pipeline(
     cfg: RunConfig, start: str | None = None, until: str | None = None, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Run the stages (from ``start``, redone even when up to date, until ``until``); returns the manifest."""
+    """Run the stages (from ``start``, redone even when up to date, until ``until``); returns the manifest.
+
+    A stage that raises keeps a record saying so (``status`` failed, or interrupted on Ctrl-C, with the
+    ``error``); the next run calls it again and it resumes. Only a process killed outright leaves
+    ``running``."""
     _check_stage(start, "--from")
     _check_stage(until, "--until")
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_config(cfg)
     hashes = stage_hashes(cfg)
     manifest = read_manifest(run_dir)
     records = manifest["stages"]
     adopted = adopt_legacy_records(records, cfg, hashes)
+    forced = set(STAGE_NAMES[STAGE_NAMES.index(start):]) if start else set()
+    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
+
+    def up_to_date(stage: Stage) -> bool:
+        record = records.get(stage.name)
+        return (record is not None and record.get("key") == hashes[stage.name]["key"]
+                and record.get("status") == "done" and stage.name not in forced
+                and all((run_dir / o).exists() for o in stage.outputs(cfg)))  # fmt: skip
+
+    if not all(up_to_date(stage) for stage in STAGES[: last + 1]):
+        _check_data(cfg)  # before the run directory is made or anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(cfg)
     if adopted:
         echo(f"[manifest] {adopted} stage record(s) of aesipe 0.1 adopted: same settings, nothing redone")
         _write_manifest(run_dir, manifest)
-    forced = set(STAGE_NAMES[STAGE_NAMES.index(start):]) if start else set()
-    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
     for stage in STAGES[: last + 1]:
         record = records.get(stage.name)
         key = hashes[stage.name]["key"]
         outputs = stage.outputs(cfg)
-        up_to_date = record is not None and record.get("key") == key
-        if up_to_date and record.get("status") == "done" and stage.name not in forced \
-                and all((run_dir / o).exists() for o in outputs):  # fmt: skip
+        if up_to_date(stage):
             echo(f"[{stage.name}] up to date, skipped")
             continue
-        if record is not None and (not up_to_date or stage.name in forced):
+        same_key = record is not None and record.get("key") == key
+        if record is not None and (not same_key or stage.name in forced):
             _remove_outputs(run_dir, list(dict.fromkeys([*record.get("outputs", []), *outputs])))
             echo(f"[{stage.name}] {'redone' if stage.name in forced else 'config changed'}: old outputs removed")
-        elif record is not None and record.get("status") == "running":
-            echo(f"[{stage.name}] resuming an interrupted run")
+        elif record is not None and record.get("status") in ("running", "failed", "interrupted"):
+            if record["status"] == "failed":
+                echo(f"[{stage.name}] resuming after a failure ({record.get('error', 'no reason recorded')})")
+            else:
+                echo(f"[{stage.name}] resuming an interrupted run")
         echo(f"[{stage.name}] running")
         records[stage.name] = {**hashes[stage.name], "schema": SCHEMA_VERSION, "status": "running", "outputs": outputs,
                                "started": _now()}
         _write_manifest(run_dir, manifest)
-        metrics = run_stage(stage, cfg)
+        try:
+            metrics = run_stage(stage, cfg)
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            records[stage.name].update(status=status, finished=_now(), error=_one_line(exc)[:300])
+            _write_manifest(run_dir, manifest)
+            raise
         records[stage.name].update(status="done", finished=_now(), **({"metrics": metrics} if metrics else {}))
         _write_manifest(run_dir, manifest)
     return manifest

@@ -27,7 +27,8 @@ class DataConfig:
     eval_split: str = "val"
     """Split the segmenter is judged on."""
     labels_csv: str | None = None
-    """Optional ``image,labels`` CSV; default: ``labels_<split>.csv`` in the root, else derived from masks."""
+    """Optional ``image,labels`` CSV; default: ``labels_<split>.csv`` in the root, else derived from masks.
+    A relative path is inside the dataset folder (the one holding JPEGImages/), not the current folder."""
     workers: int = 2
     """DataLoader worker processes."""
 

@@ -141,7 +141,13 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 
 def _resolve_kind(root: Path, kind: str) -> tuple[str, Path]:
     if not root.exists():
-        hint = " (make synthetic data with `aesipe-train synth " + str(root) + "`)" if kind != "voc" else ""
+        # The synthetic data is offered only where data.root was left at its default (data/synth): a root the
+        # user named is their dataset, which synthetic images would not replace.
+        from aesipe.config import DataConfig
+
+        default = Path(DataConfig.root)
+        hint = (f" (make the synthetic dataset there with `aesipe-train synth {root}`, or set data.root to your "
+                "dataset)" if root == default and kind != "voc" else " (data.root)")
         raise UserError(f"dataset root not found: {root}{hint}")
     if kind in ("auto", "folder") and (root / CLASS_NAMES_FILE).is_file():
         if not (root / voc.IMAGE_DIR).is_dir():
@@ -162,9 +168,8 @@ def _resolve_kind(root: Path, kind: str) -> tuple[str, Path]:
 
 def _csv_path(folder: Path, split: str, labels_csv: str | None) -> Path | None:
     if labels_csv:
-        given = Path(labels_csv)
-        # A relative path is taken as given (from the working directory) first, then inside the dataset.
-        return given if given.is_absolute() or given.exists() or not (folder / given).exists() else folder / given
+        # A relative path names a file of the dataset, wherever the command runs (docs/data.md, "Paths").
+        return folder / Path(labels_csv).expanduser()
     default = folder / f"labels_{split}.csv"
     return default if default.is_file() else None
 

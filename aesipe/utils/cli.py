@@ -10,16 +10,26 @@
   128 + the signal's number, as a shell reports a process that signal ended: 143 (SIGTERM), 129 (SIGHUP). A
   second SIGTERM or SIGHUP during the clean-up is ignored, so the clean-up finishes (SIGKILL still ends it).
 - Help texts are plain text: brackets such as ``pip install 'aesipe[crf]'`` are shown, not read as markup.
+- Help follows Typer's conventions: a program or command called without the arguments it needs prints its help
+  (``no_args_is_help``); commands are listed in the order they are registered (the order a user runs them); a
+  command's line in the list is the whole first paragraph of its docstring, never cut with "..."; usage lines
+  name arguments in capitals (``aesipe-export [OPTIONS] SOURCE [OUT]``).
+- Programs that need torch (``aesipe-train``, ``aesipe-export``) start through ``run_torch_cli``: without torch
+  one line naming the extra to install; with it, the thread policy (``aesipe.utils.threads``) is applied
+  before torch is first imported.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
+import inspect
 import signal
 import sys
-from typing import Annotated, Callable, Iterator, Optional, TypeVar
+from typing import Annotated, Callable, Iterator, Optional, Sequence, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from ..constants import __version__
 from .errors import UserError
@@ -60,10 +70,54 @@ def signals_as_interrupts() -> Iterator[list[int]]:
             signal.signal(signum, handler)
 
 
+class Command(TyperCommand):
+    """A Typer command with aesipe's help conventions (module docstring): capitalised arguments, the whole
+    first paragraph as its line in a program's command list, its help when called without its arguments."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        arguments = [param for param in self.params if isinstance(param, TyperArgument)]
+        for param in arguments:
+            if param.metavar is None and param.name:
+                param.metavar = param.name.upper()
+        if any(param.required for param in arguments):
+            self.no_args_is_help = True
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar if param.required else f"[{param.metavar}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces += param.get_usage_pieces(ctx)
+        return pieces
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help or not self.help:
+            return super().get_short_help_str(limit)
+        return _one_line(inspect.cleandoc(self.help).split("\n\n")[0])
+
+
+class App(typer.Typer):
+    """``typer.Typer`` whose commands are ``Command`` unless told otherwise."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or Command, **kwargs)
+
+
 def make_app(prog: str, help: str | None = None, **kwargs) -> typer.Typer:
-    """A Typer app with aesipe's settings (plain help text, no completion install, no pretty tracebacks)."""
-    return typer.Typer(name=prog, help=help, add_completion=False, pretty_exceptions_enable=False,
-                       rich_markup_mode=None, **kwargs)
+    """A Typer app with aesipe's settings (plain help text, no completion install, no pretty tracebacks, help when
+    called bare)."""
+    kwargs.setdefault("no_args_is_help", True)
+    return App(name=prog, help=help, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+               **kwargs)
+
+
+def add_commands(app: typer.Typer, commands: Sequence[tuple[str, Callable]]) -> None:
+    """Register ``(name, function)`` pairs in this order: the order ``--help`` lists them."""
+    for name, function in commands:
+        app.command(name)(function)
 
 
 def version_option(prog: str):
@@ -84,7 +138,7 @@ def _one_line(text: str) -> str:
 
 def run_cli(app: typer.Typer, prog: str) -> None:
     """Run ``app`` as the program ``prog`` with the conventions of this module; always exits."""
-    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     def fail(message: str, code: int) -> None:
         print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
@@ -95,8 +149,12 @@ def run_cli(app: typer.Typer, prog: str) -> None:
             code = app(standalone_mode=False, prog_name=prog)
         except UserError as exc:  # a ConfigError is one too
             fail(str(exc), getattr(exc, "exit_code", 2))
+        except NoArgsIsHelpError as exc:  # called bare: the help, as Typer shows it (stderr, exit 2)
+            print(exc.format_message(), file=sys.stderr)
+            sys.exit(exc.exit_code)
         except ClickException as exc:  # Typer's usage errors: bad value, unknown option, missing argument
-            hint = f" (see {prog} --help)" if getattr(exc, "exit_code", 2) == 2 else ""
+            ctx = getattr(exc, "ctx", None)  # the command that was called: its own --help
+            hint = f" (see {ctx.command_path if ctx else prog} --help)" if getattr(exc, "exit_code", 2) == 2 else ""
             fail(exc.format_message() + hint, exc.exit_code)
         except (KeyboardInterrupt, typer.Abort):
             code = INTERRUPTED
@@ -124,3 +182,36 @@ def user_errors(prog: str) -> Callable[[F], F]:
         return inner  # type: ignore[return-value]
 
     return wrap
+
+
+def run_torch_cli(app: typer.Typer, prog: str, purpose: str, extra: str) -> None:
+    """``run_cli`` for a program that needs torch: the light install (``aesipe[cpu]``) has the command but not
+    torch, so one line naming ``extra`` and exit 2 before any work; else the thread policy, then the app."""
+    from .threads import apply_thread_policy
+
+    missing = [name for name in ("torch", "torchvision") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"{prog}: error: {purpose} needs {' and '.join(missing)}: pip install 'aesipe[{extra}]'", file=sys.stderr)
+        sys.exit(2)
+    apply_thread_policy()  # before the first `import torch` (libgomp reads it once)
+    run_cli(app, prog)
+
+
+def parse_scales(text: str, option: str) -> tuple[float, ...]:
+    """Scales given on a command line: ``1.0,0.75`` or a range ``START:STOP:STEP`` with both ends included
+    (``0.5:1.5:0.05``); positive numbers, at least one. ``option`` names the option in the error."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            scales = tuple(round(start + k * step, 6) for k in range(int(round((stop - start) / step)) + 1))
+        else:
+            scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        scales = ()
+    if not scales or not all(0 < scale < float("inf") for scale in scales):
+        raise UserError(f"{option} must be numbers like 1.0,0.75 or a range START:STOP:STEP like 0.5:1.5:0.05, "
+                        f"all positive, got {text!r}")
+    return scales

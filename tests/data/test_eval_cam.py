@@ -120,7 +120,7 @@ def test_cli_errors_are_one_line(tmp_path, bands, prepare, message):
 
 def test_cli_rejects_bad_options(bands_run, bands):
     result = runner.invoke(app, ["eval-cam", str(bands_run), f"data.root={bands}", "--sweep", "0.5,high"])
-    assert result.exit_code == 2 and "--sweep takes numbers like 0.5,0.6,0.7 or a range" in result.output
+    assert result.exit_code == 2 and "--sweep must be numbers like 1.0,0.75 or a range" in result.output
     result = runner.invoke(app, ["eval-cam", str(bands_run), f"data.root={bands}", "--map-key", "heatmap"])
     assert result.exit_code == 2 and "--map-key must be one of maps, cam, iscam, aeiscam" in result.output
 
@@ -190,9 +190,10 @@ def test_calibrate_picks_the_best_scale_on_the_masks_and_stores_it(bands_run, ba
 
 
 def test_sweep_takes_a_range(bands_run):
-    from aesipe.train.commands_data import _parse_scales
+    from aesipe.utils.cli import parse_scales
 
-    assert _parse_scales("0.5:1.0:0.1") == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    assert _parse_scales("0.8,1.0") == [0.8, 1.0]
-    with pytest.raises(UserError, match="START:STOP:STEP"):
-        _parse_scales("1.0:0.5:0.1")
+    assert parse_scales("0.5:1.0:0.1", "--sweep") == (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    assert parse_scales("0.8,1.0", "--sweep") == (0.8, 1.0)
+    for bad in ("1.0:0.5:0.1", "0.5,high", "", "0,1", "-1", "nan", "1:2"):
+        with pytest.raises(UserError, match=r"--sweep must be numbers like 1\.0,0\.75 or a range START:STOP:STEP"):
+            parse_scales(bad, "--sweep")

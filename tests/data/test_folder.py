@@ -72,12 +72,19 @@ def test_csv_needs_its_header(folder):
         open_dataset(DataConfig(root=str(folder)), "train")
 
 
-def test_labels_csv_option_is_found_inside_the_dataset(folder):
+def test_labels_csv_option_is_found_inside_the_dataset(folder, tmp_path, monkeypatch):
     (folder / "tags.csv").write_text("image,labels\na,sheep\nb,cow\nc,horse\n")
+    elsewhere = tmp_path / "elsewhere"  # the folder the command runs from, with a tags.csv of its own
+    elsewhere.mkdir()
+    (elsewhere / "tags.csv").write_text("image,labels\nc,sheep\n")
+    (elsewhere / "missing.csv").write_text("image,labels\nc,cow\n")
+    monkeypatch.chdir(elsewhere)
     ds = open_dataset(DataConfig(root=str(folder), labels_csv="tags.csv"), "val")
-    assert ds.label_indices("c") == (1,)
-    with pytest.raises(UserError, match=r"labels CSV not found: .*missing\.csv"):
+    assert ds.label_indices("c") == (1,)  # the dataset's tags.csv (horse), not the current folder's (sheep)
+    with pytest.raises(UserError, match=r"labels CSV not found: .*farm/missing\.csv"):
         open_dataset(DataConfig(root=str(folder), labels_csv="missing.csv"), "val")
+    ds = open_dataset(DataConfig(root=str(folder), labels_csv=str(elsewhere / "tags.csv")), "val")
+    assert ds.label_indices("c") == (2,)  # an absolute path is taken as it is
 
 
 def test_split_fallbacks(folder):

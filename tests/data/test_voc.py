@@ -83,8 +83,8 @@ def test_unwritable_cache_only_costs_time(fake_voc, tmp_path, monkeypatch):
 
 
 def test_missing_root_is_one_clear_error(tmp_path):
-    with pytest.raises(UserError, match=r"dataset root not found: .*nowhere .*aesipe-train synth"):
-        open_dataset(voc_cfg(tmp_path / "nowhere"), "train")
+    with pytest.raises(UserError, match=r"dataset root not found: .*nowhere \(data\.root\)$"):
+        open_dataset(voc_cfg(tmp_path / "nowhere"), "train")  # a root the user named: no synthetic-data offer
     with pytest.raises(UserError, match=r"is not a dataset: expected VOCdevkit/VOC2012"):
         open_dataset(voc_cfg(tmp_path), "train")
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -69,27 +68,66 @@ def test_int8_option_mistakes_are_one_line(tmp_path, calibration):
         assert result.exit_code == 2 and message in result.output, result.output
 
 
-def test_a_graph_symbolic_shape_inference_gives_up_on_still_quantises(tmp_path, calibration, monkeypatch):
-    """A real DeepLabV3-MobileNetV2 makes ONNX Runtime's symbolic shape inference raise ("Incomplete symbolic
-    shape inference"): the pre-processing then uses ONNX's shape inference instead of failing the export."""
+def test_quantisation_asks_only_for_onnx_shape_inference(tmp_path, calibration, monkeypatch):
+    """ONNX Runtime's symbolic shape inference gives up on a real DeepLabV3-MobileNetV2 ("Incomplete symbolic
+    shape inference"): it is not tried, so a normal export prints nothing about it, and nothing is left in the
+    user's folder."""
     import onnx
     from onnxruntime.quantization import shape_inference
 
     original, calls = shape_inference.quant_pre_process, []
 
-    def picky(source, target, skip_symbolic_shape=False, **kwargs):
+    def recorded(source, target, skip_symbolic_shape=False, **kwargs):
         calls.append(skip_symbolic_shape)
-        if not skip_symbolic_shape:  # as ONNX Runtime does, it leaves its temporary file in the current folder
-            Path("sym_shape_infer_temp.onnx").write_bytes(b"left behind")
-            raise Exception("Incomplete symbolic shape inference")
-        return original(source, target, skip_symbolic_shape=True, **kwargs)
+        return original(source, target, skip_symbolic_shape=skip_symbolic_shape, **kwargs)
 
-    monkeypatch.setattr(shape_inference, "quant_pre_process", picky)
+    monkeypatch.setattr(shape_inference, "quant_pre_process", recorded)
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # the user's folder: nothing may be left in it
     logs: list[str] = []
     path = export_model(tiny.make_run(tmp_path / "run"), tmp_path / "seg.onnx", what="segmenter",
                         int8={"calibration": calibration, "images": 4}, log=logs.append)
-    assert calls == [False, True] and any("using ONNX shape inference" in line for line in logs)
+    assert calls == [True] and not any("shape inference" in line for line in logs), logs
     assert not list((tmp_path / "cwd").iterdir())
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_int8_quantises_the_float32_export_of_the_same_checkpoint_without_tracing_again(tmp_path, calibration):
+    run = tiny.make_run(tmp_path / "run")
+    float32 = export_model(run, what="segmenter", log=lambda line: None)
+    assert float32 == run / "export" / "segmenter.onnx"
+    logs: list[str] = []
+    int8 = export_model(run, what="segmenter", int8={"calibration": calibration, "images": 4}, log=logs.append)
+    assert int8 == run / "export" / "segmenter_int8.onnx"
+    assert not any("tracing" in line for line in logs) and any(f"quantising {float32}" in line for line in logs), logs
+    # Another checkpoint (retrained), or a float32 file exported without its parity check: traced again.
+    for change in ("retrained", "unchecked"):
+        if change == "retrained":
+            import torch
+
+            checkpoint = torch.load(run / "seg" / "final.pt", weights_only=False)
+            torch.save({**checkpoint, "step": checkpoint.get("step", 0) + 1}, run / "seg" / "final.pt")
+        else:
+            export_model(run, what="segmenter", verify=False, log=lambda line: None)
+        logs.clear()
+        export_model(run, what="segmenter", int8={"calibration": calibration, "images": 4}, log=logs.append)
+        assert any("tracing" in line for line in logs), (change, logs)
+
+
+def test_a_usage_error_of_int8_is_found_before_any_work_and_leaves_no_folder(tmp_path, calibration):
+    run = tiny.make_run(tmp_path / "run")
+    result = CliRunner().invoke(app, [str(run), "--int8", "--calibration", str(tmp_path / "no-such-folder")])
+    assert result.exit_code == 2 and "tracing" not in result.output, result.output
+    assert not (run / "export").exists()
+    out = tmp_path / "new" / "deeper" / "seg.onnx"  # a failed check removes the folders the export made
+    with pytest.raises(UserError, match="nothing written"):
+        export_model(run, out, what="segmenter", verify=True, log=lambda line: None,
+                     int8={"calibration": calibration, "images": 2, "min_agreement": 1.01})
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_mIoU_change_is_the_change_of_the_shown_values():
+    from aesipe.export.quantize import QuantisationCheck
+
+    text = QuantisationCheck(8, 0.99, 0.4504, 0.4506).summary()  # 45.04 -> 45.06: shown as 45.0 -> 45.1
+    assert text.endswith("mIoU 45.0 -> 45.1 (+0.1)"), text

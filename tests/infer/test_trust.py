@@ -168,8 +168,7 @@ def test_mistakes_end_in_one_line_before_any_work(seg_onnx, photo_folder, tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["--batch-size", "abc"], "Invalid value for '--batch-size'"),
     (["--no-such-option"], "No such option: --no-such-option"),
-    ([], "Missing argument"),
-])
+])  # called bare it prints its help (tests/core/test_cli_help.py)
 def test_typer_usage_errors_are_one_line_too(seg_onnx, photo_folder, tmp_path, args, message):
     positional = [] if not args else [str(seg_onnx), str(photo_folder), str(tmp_path / "out")]
     result = subprocess.run([str(BIN / "aesipe-label"), *positional, *args], capture_output=True, text=True)
