@@ -17,11 +17,12 @@ def _root(version: version_option(PROG) = None) -> None:
 
 
 # Stage commands live in their own modules and register themselves on `app`.
-from . import commands_data, commands_refine, commands_stage1  # noqa: E402
+from . import commands_data, commands_refine, commands_review, commands_stage1  # noqa: E402
 
 commands_data.register(app)
 commands_stage1.register(app)
 commands_refine.register(app)
+commands_review.register(app)
 
 
 def main() -> None:

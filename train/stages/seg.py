@@ -5,6 +5,9 @@ random crop (labels padded with 255), cross-entropy ignoring 255, SGD with momen
 head at ``seg.head_lr_mult`` x the backbone's learning rate; AMP on CUDA, DDP under torchrun.
 Writes ``<run>/seg/checkpoints/last.pt`` (resumable), ``seg/log.csv`` and ``seg/final.pt`` (kind
 ``deeplabv3``, with class names and the resolved config: what ``aesipe-export`` needs).
+
+Reviewed masks (``<run>/corrections/``, ``aesipe-train corrections``) replace the pseudo-labels of their
+images, always; ``corrections.seg_repeat`` draws each of them that many times per epoch.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from aesipe.config import RunConfig, run_config_from_saved, to_dict
+from aesipe.corrections import CorrectionStore
 from aesipe.models.deeplab import DeepLabV3Segmenter, build_deeplabv3
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
@@ -64,7 +68,12 @@ def train_seg(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(s.seed)
         ds = open_dataset(cfg.data, split)
-        dataset = SegTrainDataset(ds, labels, s.crop_size, s.scale_range, flip=True, jitter=s.color_jitter, seed=s.seed)
+        corrected = CorrectionStore.of_run(cfg.run_dir).masks_for(ds)
+        dataset = SegTrainDataset(ds, labels, s.crop_size, s.scale_range, flip=True, jitter=s.color_jitter, seed=s.seed,
+                                  corrected=corrected, corrected_repeat=cfg.corrections.seg_repeat)
+        if corrected and info.is_main:
+            print(f"seg: {len(corrected)} of {len(ds)} images train on their reviewed masks"
+                  + (f" (drawn {cfg.corrections.seg_repeat}x)" if cfg.corrections.seg_repeat > 1 else ""))
         model = build_deeplabv3(
             ds.num_classes, s.backbone, backbone_weights(cfg, s.backbone, s.pretrained), s.no_pretrained, s.freeze_bn
         )
@@ -73,7 +82,7 @@ def train_seg(cfg: RunConfig) -> Path:
         if s.batch_size < 2 and not s.freeze_bn:
             raise UserError("seg.batch_size=1 cannot train BatchNorm (ASPP pooling sees one value): use 2+ or seg.freeze_bn=true")
         optimizer, scheduler, spec = loop.solver_setup(
-            s, "seg", [model.backbone.parameters(), model.classifier.parameters()], [1.0, s.head_lr_mult], len(ds),
+            s, "seg", [model.backbone.parameters(), model.classifier.parameters()], [1.0, s.head_lr_mult], len(dataset),
             info, cfg.runtime, stage_dir=seg_dir(cfg), kind="deeplabv3", workers=cfg.data.workers,
         )
         if info.is_main:
