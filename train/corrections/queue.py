@@ -10,7 +10,9 @@ stages have run:
 - ``small``: the fraction of the image's tagged classes that cover less than ``SMALL_CLASS`` of its
   pseudo-label: a tag the labels lost or nearly lost.
 Each signal is turned into its rank among the images (0 = surest, 1 = least sure) and the score is the
-mean rank of the signals available, so no signal's scale dominates. Writes ``<run>/review_queue.csv`` (every
+mean rank of the signals available, so no signal's scale dominates. The queue's first ``n`` are then picked
+one by one for coverage as well: an image's score is halved for every time its least-chosen tag has already
+been chosen (corrections of one hard class alone would leave the others as they were). Writes ``<run>/review_queue.csv`` (every
 candidate, best first) and ``<run>/review_queue/``: links to the first ``n`` images, named by image id, to
 hand straight to ``aesipe-label MODEL RUN/review_queue OUT --format labelstudio`` (or ``cvat``).
 """
@@ -133,6 +135,25 @@ def score_images(cfg: RunConfig, split: str | None = None, progress: bool = True
     return sorted(rows, key=lambda r: (-r["score"], r["image"]))
 
 
+def cover_classes(rows: list[dict], n: int) -> list[dict]:
+    """The first ``n`` of ``rows`` (sorted by score) re-picked greedily: score x 0.5 ** (times the image's
+    least-chosen tag was chosen already); the rest follow in score order."""
+    remaining = list(rows)
+    chosen_count: dict[str, int] = {}
+    picked = []
+    while remaining and len(picked) < n:
+        def worth(row: dict) -> float:
+            tags = row["tags"].split() or [""]
+            return row["score"] * 0.5 ** min(chosen_count.get(t, 0) for t in tags)
+
+        best = max(range(len(remaining)), key=lambda k: (worth(remaining[k]), -k))
+        row = remaining.pop(best)
+        for tag in row["tags"].split() or [""]:
+            chosen_count[tag] = chosen_count.get(tag, 0) + 1
+        picked.append(row)
+    return picked + remaining
+
+
 def write_queue(cfg: RunConfig, rows: list[dict], n: int) -> tuple[Path, Path]:
     """``review_queue.csv`` (all rows, ranked) and ``review_queue/`` (links to the first ``n`` images)."""
     run = Path(cfg.run_dir)
@@ -159,7 +180,7 @@ def review_queue(cfg: RunConfig, n: int, split: str | None = None, progress: boo
                  echo: Callable[[str], None] = print) -> list[dict]:
     if n < 1:
         raise UserError(f"--n must be at least 1, not {n}")
-    rows = score_images(cfg, split, progress)
+    rows = cover_classes(score_images(cfg, split, progress), n)
     csv_path, folder = write_queue(cfg, rows, n)
     used = [k for k in ("margin", "disagreement", "small") if any(r[k] is not None for r in rows)]
     echo(f"ranked {len(rows)} uncorrected images by {', '.join(used)}; wrote {csv_path} and {folder}/ "
