@@ -51,6 +51,22 @@ class LabelStudioSDK:
         return self._call({"op": "encode", "items": [np.asarray(m).tolist() for m in masks]})
 
 
+def pytest_collection_modifyitems(config, items):
+    """``integration`` tests (a real Label Studio server) run only when asked for: ``-m integration``
+    (``make test-integration``) or AESIPE_INTEGRATION=1."""
+    if "integration" in (config.getoption("markexpr") or "") or os.environ.get("AESIPE_INTEGRATION") == "1":
+        return
+    skip = pytest.mark.skip(reason="integration test: make test-integration")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def labelstudio_venv() -> Path:
+    return LABELSTUDIO_VENV
+
+
 @pytest.fixture(scope="session")
 def labelstudio_sdk() -> LabelStudioSDK:
     python = LABELSTUDIO_VENV / "bin" / "python"
