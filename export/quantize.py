@@ -99,10 +99,10 @@ class _Reader:
         self._feeds: Iterator[dict] | None = None
 
     def _iterate(self) -> Iterator[dict]:
-        from aesipe.infer.io import read_image
+        from aesipe.imaging import read_image
 
         for sample in self.samples:
-            item = self.labeler.prepare(read_image(sample.path, self.labeler.max_side), self._tags(sample))
+            item = self.labeler.prepare(read_image(sample.path, self.labeler.settings.read_side), self._tags(sample))
             feeds = {"image": item.variants[0][2][None]}
             if self.labeler.info.needs_tags:
                 feeds["tags"] = item.tags[None].astype(np.float32)

@@ -89,5 +89,5 @@ def _label_scores(reference: torch.nn.Module, scores: np.ndarray) -> np.ndarray:
 def verify_file(path: Path, reference: torch.nn.Module, num_classes: int | None, precision: str) -> ParityResult:
     from aesipe.infer.session import open_backend
 
-    backend = open_backend(path, device="cpu")
+    backend = open_backend(path, device="cpu", providers=None, threads=None, streams=1)
     return check_parity(backend, reference, num_classes, precision)

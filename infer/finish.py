@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .api import Labeler
 
 
-def finish_scored(labeler: Labeler, item: Prepared, outputs: list) -> Labelled:
+def finish(labeler: Labeler, item: Prepared, outputs: list) -> Labelled:
     """Model outputs of one image -> its labels, with the confidence/probabilities it was prepared for."""
     if item.tiled:
         return outputs[0]
@@ -41,7 +41,7 @@ def _finish_segmenter(labeler: Labeler, item: Prepared, logits: np.ndarray, pass
     height, width = item.decoded.original_size
     mean = logits / np.float32(passes)  # confidence: the softmax of the variants' mean logits
     probs = None
-    if labeler.crf:  # unchanged unary: the softmax of the summed logits
+    if labeler.settings.crf:  # unchanged unary: the softmax of the summed logits
         unary = postprocess.probabilities(logits, labeler.keep)
         work = crf_ops.crf_from_probabilities(item.decoded.rgb, unary, labeler.crf_config).astype(np.uint8)
         labels = postprocess.resize_labels_nearest(work, height, width)
@@ -64,7 +64,7 @@ def _finish_pseudo(labeler: Labeler, item: Prepared, maps: list[np.ndarray]) -> 
     classes, kept = rule.keep_image_classes(rule.fuse(maps), item.tags)
     scaled = rule.scale_background(kept, labeler.info.background_scale)
     confidence = probs = None
-    if labeler.crf:
+    if labeler.settings.crf:
         work = crf_ops.label_crf(item.decoded.rgb, kept, classes, labeler.crf_config, labeler.info.background_scale)
         labels = postprocess.resize_labels_nearest(work.astype(np.uint8), height, width)
         if item.confidence:  # the share of the class the CRF chose (classes are sorted label values)

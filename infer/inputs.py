@@ -9,7 +9,6 @@ label its own masks.
 """
 from __future__ import annotations
 
-import collections
 import glob
 import os
 from dataclasses import dataclass
@@ -109,11 +108,3 @@ def resolve_inputs(spec: str | Path, exclude: tuple[Path, ...] = ()) -> list[Inp
         rel = _relative(path, root)
         images.setdefault(rel, InputImage(rel, path))
     return [images[rel] for rel in sorted(images, key=lambda r: r.as_posix())]
-
-
-def output_names(images: list[InputImage]) -> dict[PurePosixPath, str]:
-    """Relative mask path per image: ``a/b.jpg -> a/b.png``; when two images would collide
-    (``b.jpg`` and ``b.png``), both keep their extension: ``b.jpg.png``, ``b.png.png``."""
-    stems = collections.Counter(str(i.rel.with_suffix("")).lower() for i in images)
-    return {i.rel: (str(i.rel.with_suffix("")) if stems[str(i.rel.with_suffix("")).lower()] == 1 else str(i.rel))
-            + ".png" for i in images}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .io import DecodedImage
+from aesipe.imaging import DecodedImage
 
 
 @dataclass

@@ -1,12 +1,13 @@
 """``--engine ray``: the labelling job of ``job.py`` on a Ray cluster (Ray Data), masks bit for bit the local engine's.
 
-The driver builds the ``LabelJob`` (the checks, the plan) as ``folder.label_folder`` does and hands the images
-to do to Ray Data: ``from_items`` (paths and output names) -> ``map`` tasks that read and decode them
-(``LabelJob.prepare``) -> ``map_batches`` on a pool of N actors, each holding one ``Labeler`` (one ONNX Runtime
-session), that build the model inputs, run them (``run_batch_or_singles``) and write the masks straight into
-OUTPUT, a path every node sees, with ``LabelJob.write``: the same atomic writes, records and fingerprints as
-locally. Only the per-image records travel back; the driver merges them into the one ``report.json``. This
-module is the driver; the decode tasks and the actors are in ``ray_workers.py``.
+``folder.label_folder`` makes the checks, the plan and the report as for the local engine; this engine only
+schedules the per-image pipeline of ``steps.py`` on Ray Data: ``from_items`` (the ``ImageTask``s to do) ->
+``map`` tasks that decode them (``steps.decode``) -> ``map_batches`` on a pool of N actors, each holding one
+``Labeler`` (one ONNX Runtime session), that prepare, run (``run_batch_or_singles``), finish and write the
+masks straight into OUTPUT, a path every node sees, with ``steps.MaskWriter``: the same atomic writes,
+records and fingerprints as locally. Every worker gets the job's picklable ``LabelJob`` whole. Only the
+per-image records travel back; the driver merges them into the one ``report.json``. This module is the
+driver; the decode tasks and the actors are in ``ray_workers.py``.
 
 - The decode tasks hand the actors uint8 pixels (3 bytes a pixel through the object store): the float32 model
   inputs, 12 bytes a pixel per test-time variant, are built in the actor that runs them.
@@ -29,7 +30,7 @@ import os
 import tempfile
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -37,23 +38,23 @@ from tqdm import tqdm
 
 from aesipe.utils.errors import UserError
 
-from .inputs import InputImage
-from .job import LabelJob
-from .options import LabelOptions
-from .ray_workers import TRIES_PER_IMAGE, LabelActor, decode
+from .job import LabelJob, Plan
+from .labeler import Labeler
 from .report import Report
 from .session import parse_device
+from .settings import LabelSettings
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'aesipe[ray]'"
 DECODE_CPUS = 0.25
-DECODE_RETRIES = TRIES_PER_IMAGE
-"""Retries of a decode task whose process died (Ray Data's default retries for ever). The journal makes the
-try after the ``TRIES_PER_IMAGE``-th death fail that image alone; should Ray still give up, the run stops with
-exit 1 and a re-run resumes."""
 MAX_BLOCKS = 10_000
 REPORT_EVERY_S = 10.0
-_DRIVER_ONLY = ("labeler", "report", "images", "names", "tags", "log")
-"""LabelJob attributes that stay on the driver (the session, the listing, the report); the rest travel."""
+
+
+def _workers() -> tuple[Callable, type]:
+    """The decode task and the actor class (``ray_workers``; the tests put failing ones in here)."""
+    from .ray_workers import LabelActor, decode_task
+
+    return decode_task, LabelActor
 
 
 def import_ray():
@@ -107,48 +108,54 @@ def _filesystem_now(folder: Path) -> int:
         return os.fstat(handle.fileno()).st_mtime_ns
 
 
-def label_folder_ray(model_path: str | Path, input_dir: str | Path, output_dir: str | Path, opts: LabelOptions,
-                     progress: bool, log: Callable[[str], None], address: str | None = None,
-                     actors: int | None = None, actor_cls: type = LabelActor, decode_fn: Callable = decode) -> Report:
-    """``folder.label_folder(..., engine="ray")``; ``actor_cls`` and ``decode_fn`` let the tests put in a failing
-    actor or decode task."""
-    ray = import_ray()
-    # The driver's own session only reads the metadata: on the CPU, whatever the actors run on.
-    job = LabelJob(model_path, input_dir, output_dir, replace(opts, device="cpu", threads=1, providers=None, streams=1), log)
-    job.options = opts
-    plan = job.plan()
-    rows = ([{"rel": str(i.rel), "path": os.path.abspath(i.path), "name": job.names[i.rel], "kind": "label"} for i in plan.todo]
-            + [{"rel": str(i.rel), "path": os.path.abspath(i.path), "name": job.names[i.rel], "kind": "overlay"}
-               for i in plan.overlays_missing])
-    shutdown = _connect(ray, address) if rows else False
+def check_available() -> None:
+    import_ray()
+
+
+def open_labeler(model_path: Path, settings: LabelSettings) -> Labeler:
+    """The driver's own session only reads and checks the model: on the CPU, whatever the actors run on."""
+    return Labeler(model_path, settings.replace(device="cpu", threads=1, providers=None))
+
+
+def warnings(job: LabelJob, labeler: Labeler) -> list[str]:
+    return []  # the actors' fallbacks are reported as they start (the driver's session is a CPU one)
+
+
+def run(job: LabelJob, labeler: Labeler, plan: Plan, report: Report, stats, progress: bool,
+        log: Callable[[str], None]) -> None:
+    """Label ``plan.todo`` on Ray (and write the missing companions of kept masks), recording into ``report``."""
+    from .ray_workers import TRIES_PER_IMAGE
+
+    ray, settings = import_ray(), job.settings
+    rows = ([{"task": json.dumps(asdict(task)), "rel": task.rel, "kind": "label"} for task in plan.todo]
+            + [{"task": json.dumps(asdict(task)), "rel": task.rel, "kind": "overlay"} for task in plan.companions_missing])
+    shutdown = _connect(ray, settings.ray_address) if rows else False
     try:
         res = {"actors": 0}
         if rows:
             nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-            res = actor_resources(ray.cluster_resources(), max(nodes, default=0.0), opts.device, actors, opts.threads)
+            res = actor_resources(ray.cluster_resources(), max(nodes, default=0.0), settings.device, settings.actors,
+                                  settings.threads)
             log(f"Ray: {res['actors']} actor(s) on {res['device']}, {res['threads']} ONNX Runtime thread(s) each")
         log(plan.describe())
-        state = {"job": {**{k: v for k, v in vars(job).items() if k not in _DRIVER_ONLY},
-                         "model_path": Path(os.path.abspath(job.model_path)), "output_dir": Path(os.path.abspath(job.output_dir))},
-                 "tags_path": os.path.abspath(opts.tags_csv) if opts.tags_csv else None,
-                 "token": uuid.uuid4().hex, "started_ns": _filesystem_now(job.output_dir)}
-        return _run(ray, job, plan.todo, rows, state, res, (decode_fn, actor_cls), progress, log)
+        state = {"job": job, "token": uuid.uuid4().hex, "started_ns": _filesystem_now(job.output_dir)}
+        _run(ray, rows, state, res, len(plan.todo), report, stats, progress, log, TRIES_PER_IMAGE)
     finally:
         if shutdown:
             ray.shutdown()
 
 
-def _run(ray, job: LabelJob, todo: list[InputImage], rows: list[dict], state: dict, res: dict, workers: tuple,
-         progress: bool, log) -> Report:
-    report, timer, engine = job.report, {"decode": 0.0, "inference": 0.0, "postprocess_write": 0.0}, {}
-    processed, first = 0, None  # first: seconds to the first result (the actors' start: a process, a session each)
-    bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True, desc="labelling")
+def _run(ray, rows: list[dict], state: dict, res: dict, todo: int, report: Report, stats, progress: bool, log,
+         retries: int) -> None:
+    engine = {}
+    first, started = None, time.perf_counter()  # first: seconds to the first result (the actors' start)
+    bar = tqdm(total=todo, unit="img", disable=not progress, dynamic_ncols=True, desc="labelling")
     quiet = logging.getLogger("ray.data")
     level = quiet.level
     quiet.setLevel(max(level, logging.ERROR))  # Ray Data's lines about each dataset (and its progress bars)
-    started = last_flush = time.perf_counter()
+    last_flush = started
     try:
-        for row in _dataset(ray, rows, state, res, workers, job.options.batch_size).iter_rows() if rows else ():
+        for row in _dataset(ray, rows, state, res, state["job"].settings.batch_size, retries).iter_rows() if rows else ():
             first = first if first is not None else time.perf_counter() - started
             rel, record = row["rel"], json.loads(row["record"])
             if row["kind"] == "overlay":  # a kept mask's missing companions
@@ -160,9 +167,9 @@ def _run(ray, job: LabelJob, todo: list[InputImage], rows: list[dict], state: di
                 if engine["fallback"]:
                     log(f"warning: {engine['fallback']}")
             report.set(rel, record)
-            processed += 1
-            for stage, seconds in zip(timer, row["seconds"]):
-                timer[stage] += float(seconds)
+            stats.count()
+            for stage, seconds in zip(("decode", "inference", "postprocess_write"), row["seconds"]):
+                stats.add(stage, float(seconds))
             bar.update(1)
             if time.perf_counter() - last_flush > REPORT_EVERY_S:
                 last_flush = time.perf_counter()
@@ -170,30 +177,21 @@ def _run(ray, job: LabelJob, todo: list[InputImage], rows: list[dict], state: di
     except ray.exceptions.RayError as exc:  # not one image's failure: Ray or the cluster gave up
         raise UserError(f"the Ray job stopped ({_last_line(exc)}); the masks written so far are kept and a re-run "
                         "resumes", exit_code=1) from None
-    finally:  # also on Ctrl-C: the report says what was finished
+    finally:
         quiet.setLevel(level)
         bar.close()
-        extra = {"interrupted": processed < len(todo), "engine": "ray",
-                 "ray": {**{k: res[k] for k in ("actors", "threads", "num_cpus", "num_gpus") if k in res},
-                         "first_result_s": None if first is None else round(first, 3)}}
+        stats.extra.update(engine="ray", ray={**{k: res[k] for k in ("actors", "threads", "num_cpus", "num_gpus") if k in res},
+                                              "first_result_s": None if first is None else round(first, 3)})
         if engine:  # what the actors ran on (the driver's own session is a CPU one)
-            extra.update(providers=engine["providers"], provider_fallback=engine["fallback"])
-        report.summary = job.summary(processed, time.perf_counter() - started, timer, extra)
-        report.write()
-    gathered = job.finalize()  # the whole-folder outputs, from the written files and the merged report
-    if gathered:
-        log("wrote " + ", ".join(str(path) for path in gathered))
-    for line in job.failure_lines():
-        log(line)
-    return report
+            stats.extra.update(providers=engine["providers"], provider_fallback=engine["fallback"])
 
 
-def _dataset(ray, rows: list[dict], state: dict, res: dict, workers: tuple[Callable, type], batch_size: int):
-    decode_fn, actor_cls = workers
+def _dataset(ray, rows: list[dict], state: dict, res: dict, batch_size: int, retries: int):
+    decode_fn, actor_cls = _workers()
     per_block = max(batch_size, math.ceil(len(rows) / MAX_BLOCKS))
     ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
     ds.context.enable_progress_bars = False  # the driver shows its own, in images
-    ds = ds.map(decode_fn, fn_kwargs={"state": state}, num_cpus=DECODE_CPUS, max_retries=DECODE_RETRIES)
+    ds = ds.map(decode_fn, fn_kwargs={"state": state}, num_cpus=DECODE_CPUS, max_retries=retries)
     return ds.map_batches(actor_cls, fn_constructor_kwargs={"state": state, "device": res["device"], "threads": res["threads"]},
                           batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                           num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])

@@ -9,10 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from aesipe.utils.atomic import atomic_write_text
-from aesipe.utils.labelpng import load_label_png
-
-REPORT_NAME = "report.json"
-
 
 UNCERTAIN_BELOW = 0.5
 """A pixel is uncertain when the probability of its class is below this (docs/deploy.md, Confidence)."""
@@ -45,10 +41,12 @@ class Report:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load_previous(cls, path: Path) -> "Report":
+    def load_previous(cls, path: Path, keep: set[str]) -> "Report":
+        """The records a previous run left in ``path`` for the images named in ``keep``."""
         report = cls(path)
         try:
-            report.images = dict(json.loads(path.read_text()).get("images", {}))
+            images = json.loads(path.read_text()).get("images", {})
+            report.images = {rel: record for rel, record in images.items() if rel in keep}
         except (OSError, ValueError, AttributeError):
             pass  # no report yet, or one cut off before its atomic rename: start a fresh one
         return report
@@ -56,13 +54,6 @@ class Report:
     def set(self, rel: str, record: dict) -> None:
         with self._lock:
             self.images[rel] = record
-
-    def resumed_record(self, rel: str, mask_path: Path, mask_rel: str, classes: tuple[str, ...]) -> dict:
-        """Record for an image whose mask a previous run wrote (re-read the mask if the report lacks it)."""
-        previous = self.images.get(rel)
-        if previous and previous.get("status") == "ok":
-            return {**previous, "resumed": True}
-        return {**mask_record(load_label_png(mask_path), classes, mask_rel), "resumed": True}
 
     @property
     def ok(self) -> int:

@@ -218,19 +218,30 @@ def parse_device(device: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
-def open_backend(path: str | Path, device: str = "auto", providers: Sequence[str] | None = None,
-                 threads: int | None = None, streams: int | None = 1):
-    """``streams`` (ONNX on a CPU): sessions that run calls at once; None: ``cpu_streams``'s choice."""
+def check_model_path(path: str | Path, input_spec: str | Path | None = None) -> Path:
+    """The model file, or one line saying why ``path`` cannot be one (``input_spec``: the INPUT given beside it,
+    to recognise MODEL and INPUT given the other way round)."""
     path = Path(path)
+    swapped = input_spec is not None and Path(str(input_spec)).suffix.lower() in ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES
     if path.is_dir():
+        if swapped:
+            raise UserError(f"MODEL {path} is a folder and INPUT {input_spec} looks like a model: the order is "
+                            "MODEL INPUT OUTPUT")
         exported = sorted(path.glob("*.onnx")) + sorted((path / "export").glob("*.onnx"))
         hint = f" such as {exported[0]}" if exported else " (aesipe-export writes RUN/export/segmenter.onnx)"
         raise UserError(f"MODEL {path} is a folder: give the exported .onnx or TorchScript .pt file{hint}")
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
+    if path.suffix.lower() not in ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES:
+        order = " (the order is MODEL INPUT OUTPUT)" if swapped else ""
+        raise UserError(f"{path}: expected an .onnx or TorchScript (.pt, .torchscript) file from aesipe-export{order}")
+    return path
+
+
+def open_backend(path: str | Path, device: str, providers: Sequence[str] | None, threads: int | None,
+                 streams: int | None):
+    """``streams`` (ONNX on a CPU): sessions that run calls at once; None: ``cpu_streams``'s choice."""
+    path = check_model_path(path)
+    if path.suffix.lower() in ONNX_SUFFIXES:
         return OrtBackend(path, device, providers, threads, streams)
-    if suffix in TORCHSCRIPT_SUFFIXES:
-        return TorchScriptBackend(path, device)
-    raise UserError(f"{path}: expected an .onnx or TorchScript (.pt, .torchscript) file from aesipe-export")
+    return TorchScriptBackend(path, device)

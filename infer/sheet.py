@@ -18,10 +18,10 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
+from aesipe.imaging import read_image
 from aesipe.utils.atomic import atomic_write_bytes, atomic_write_text
 from aesipe.utils.labelpng import load_label_png, overlay
 
-from .io import read_image
 from .postprocess import resize_labels_nearest
 
 SHEET_FILE, SHEET_FOLDER = "sheet.html", "sheet"

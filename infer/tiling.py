@@ -20,32 +20,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aesipe.utils.errors import UserError
-
 from . import postprocess
 
 if TYPE_CHECKING:
     from .api import Labeler
     from .items import Labelled, Prepared
-
-DEFAULT_OVERLAP = 1 / 3
-MIN_TILE = 32
-MAX_OVERLAP = 0.9
-
-
-def check_tile(tile: int | None, overlap: float | None) -> float | None:
-    """Validate ``--tile``/``--tile-overlap``; returns the overlap to use (None without tiling)."""
-    if tile is None:
-        if overlap is not None:
-            raise UserError("--tile-overlap needs --tile SIZE")
-        return None
-    if tile < MIN_TILE:
-        raise UserError(f"--tile must be at least {MIN_TILE} pixels, got {tile}")
-    overlap = DEFAULT_OVERLAP if overlap is None else float(overlap)
-    if not 0.0 <= overlap <= MAX_OVERLAP:
-        raise UserError(f"--tile-overlap must lie in [0, {MAX_OVERLAP}] (a fraction of the tile), got {overlap:g}")
-    return overlap
-
 
 def stride_of(tile: int, overlap: float) -> int:
     return max(1, tile - round(tile * overlap))
@@ -67,19 +46,19 @@ def coverage(spans: list[tuple[int, int]], length: int) -> np.ndarray:
     return count
 
 
-def needs_tiles(labeler: "Labeler", size: tuple[int, int]) -> bool:
+def needs_tiles(tile: int | None, size: tuple[int, int]) -> bool:
     """An image no larger than one tile runs whole (the same result: one tile covering the image)."""
-    return labeler.tile is not None and max(size) > labeler.tile
+    return tile is not None and max(size) > tile
 
 
 def label_tiled(labeler: "Labeler", item: "Prepared") -> "Labelled":
     """Labels (and confidence/probabilities if the item asks) of a segmenter, tile by tile."""
     from .items import Labelled
 
-    rgb = item.decoded.rgb
+    rgb, settings = item.decoded.rgb, labeler.settings
     height, width = rgb.shape[:2]
-    tile, passes = labeler.tile, 2 if labeler.flip else 1
-    stride = stride_of(tile, labeler.tile_overlap)
+    tile, passes = settings.tile, 2 if settings.flip else 1
+    stride = stride_of(tile, settings.tile_overlap)
     rows, cols = windows(height, tile, stride), windows(width, tile, stride)
     cover_y, cover_x = coverage(rows, height) * passes, coverage(cols, width)
     classes = labeler.info.num_classes + 1
@@ -110,19 +89,19 @@ def label_tiled(labeler: "Labeler", item: "Prepared") -> "Labelled":
 
     for y1, y2 in rows:
         emit(y1)  # now lo == y1 and the band reaches y2 (rows are at most one tile tall)
-        for first in range(0, len(cols), labeler.tile_batch):
-            chunk = cols[first:first + labeler.tile_batch]
+        for first in range(0, len(cols), settings.batch_size):
+            chunk = cols[first:first + settings.batch_size]
             inputs = []
             for x1, x2 in chunk:
                 crop = rgb[y1:y2, x1:x2]
-                inputs.append(labeler._to_input(crop))
-                if labeler.flip:
-                    inputs.append(labeler._to_input(np.ascontiguousarray(crop[:, ::-1])))
-            out = labeler.backend.run(np.stack(inputs), None, ("scores",))["scores"]
+                inputs.append(labeler.to_input(crop))
+                if settings.flip:
+                    inputs.append(labeler.to_input(np.ascontiguousarray(crop[:, ::-1])))
+            out = labeler.model.run(np.stack(inputs), None, ("scores",))["scores"]
             for j, (x1, x2) in enumerate(chunk):
                 target = band[:, y1 - lo:y2 - lo, x1:x2]
                 target += out[j * passes, :, : y2 - y1, : x2 - x1]
-                if labeler.flip:
+                if settings.flip:
                     target += out[j * passes + 1, :, : y2 - y1, : x2 - x1][..., ::-1]
     emit(height)
     return Labelled(labels, confidence, probs)

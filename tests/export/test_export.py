@@ -26,7 +26,7 @@ def _reference(run, what):
 
 
 def test_onnx_metadata_and_dynamic_inputs(seg_onnx):
-    backend = open_backend(seg_onnx, device="cpu")
+    backend = open_backend(seg_onnx, device="cpu", providers=None, threads=None, streams=1)
     info = backend.info
     assert info.classes == tuple(tiny.CLASSES) and info.model_kind == "segmenter" and info.opset == 20
     assert info.input_format.normalised_in_graph and info.input_format.size_divisor == 16
@@ -40,7 +40,7 @@ def test_onnx_metadata_and_dynamic_inputs(seg_onnx):
 def test_exported_file_matches_pytorch_on_unseen_sizes(what, fixture, request, export_base):
     path = request.getfixturevalue(fixture)
     reference = _reference(export_base / "run", what)
-    backend = open_backend(path, device="cpu")
+    backend = open_backend(path, device="cpu", providers=None, threads=None, streams=1)
     for height, width in ((48, 80), (112, 32)):
         inputs = sample_inputs(height, width, None if what == "segmenter" else 3, seed=7)
         with torch.no_grad():
@@ -51,7 +51,7 @@ def test_exported_file_matches_pytorch_on_unseen_sizes(what, fixture, request, e
 
 
 def test_pseudo_labeller_zeroes_untagged_classes(pl_onnx):
-    backend = open_backend(pl_onnx, device="cpu")
+    backend = open_backend(pl_onnx, device="cpu", providers=None, threads=None, streams=1)
     image, _ = sample_inputs(64, 64, 3)
     tags = np.array([[1, 0, 0], [0, 0, 1]], dtype=np.float32)
     out = backend.run(image.numpy(), tags, ("scores", "labels"))

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from aesipe.infer.io import ImageReadError, list_images, read_image
+from aesipe.imaging import ImageReadError, read_image
+from aesipe.infer.inputs import resolve_inputs
+
+
+def list_images(root):
+    """The names aesipe-label gives the images INPUT names (their paths below the input's root)."""
+    return [Path(str(image.rel)) for image in resolve_inputs(root)]
 
 smooth_rgb = sys.modules["aesipe_tests_tiny_models"].smooth_rgb  # loaded by conftest.py
 

@@ -125,7 +125,7 @@ def test_files_not_from_aesipe_export_are_refused(photo_folder, tmp_path):
 
 def test_interrupted_run_resumes_and_loses_nothing(seg_onnx, photo_folder, tmp_path, monkeypatch):
     from aesipe.infer import folder as pipeline
-    from aesipe.infer import job
+    from aesipe.infer import steps as job
 
     clean = tmp_path / "clean"
     assert _label(seg_onnx, photo_folder, clean, "--workers", "1").exit_code == 0
@@ -198,7 +198,7 @@ def test_crf_option(seg_onnx, photo_folder, tmp_path):
 
 def test_a_model_failure_on_one_image_fails_only_that_image(seg_onnx, photo_folder, tmp_path, monkeypatch):
     from aesipe.infer import folder as pipeline
-    from aesipe.infer.api import Labeler
+    from aesipe.infer.labeler import Labeler
 
     real_run_batch = Labeler.run_batch
     # b.png shares its size (and so its batch) with two others: they must survive the retry.

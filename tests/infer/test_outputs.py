@@ -222,7 +222,7 @@ def test_new_mistakes_end_in_one_line_before_any_work(seg_onnx, pl_onnx, photo_f
 
 
 def test_cvat_refuses_a_palette_that_repeats_a_colour():
-    from aesipe.infer.outputs import check_cvat_palette
+    from aesipe.infer.companions import check_cvat_palette
     from aesipe.utils.errors import UserError
 
     palette = np.array([[0, 0, 0], [10, 20, 30], [10, 20, 30]], np.uint8)
@@ -234,13 +234,13 @@ def test_pseudo_labeller_batches_only_images_with_the_same_tags(pl_onnx, scenes)
     rgb = np.asarray(Image.open(scenes / "street" / "one.png"))
     pseudo = Labeler(pl_onnx)
     calls = []
-    run = pseudo.backend.run
+    run = pseudo.model.run
 
     def recording_run(image, tags, want):
         calls.append(tags.copy())
         return run(image, tags, want)
 
-    pseudo.backend.run = recording_run
+    pseudo.model.run = recording_run
     tags = [["cat"], ["dog"], ["cat"], ["cat", "dog"], ["dog"]]
     many = pseudo.label_many([rgb] * len(tags), tags=tags, batch_size=4)
     # Same size, so a segmenter would make one call of 4 and one of 1; mixed tags would make the graph

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -108,28 +108,25 @@ def _dying_actor(flag: Path, log: Path, times: int):
     from aesipe.infer.ray_workers import LabelActor
 
     class Dying(LabelActor):
-        def write(self, image, item, outputs):
-            if image.rel.name == "c.JPG":
+        def write(self, task, rgb, item, outputs):
+            if PurePosixPath(task.rel).name == "c.JPG":
                 deaths = int(flag.read_text()) if flag.exists() else 0
                 if deaths < times:
                     flag.write_text(str(deaths + 1))
                     os._exit(1)
             with open(log, "a") as handle:
-                handle.write(f"{image.rel}\n")
-            return LabelActor.write(self, image, item, outputs)
+                handle.write(f"{task.rel}\n")
+            return LabelActor.write(self, task, rgb, item, outputs)
 
     return Dying
 
 
 @pytest.mark.slow
-def test_a_dying_actor_is_retried_without_losing_or_redoing_masks(ray_session, seg_onnx, photo_folder, tmp_path):
-    from aesipe.infer.options import LabelOptions
-    from aesipe.infer.ray_engine import label_folder_ray
-
+def test_a_dying_actor_is_retried_without_losing_or_redoing_masks(ray_session, seg_onnx, photo_folder, tmp_path,
+                                                                 monkeypatch):
     _local(seg_onnx, photo_folder, tmp_path / "local")
     flag, log = tmp_path / "deaths", tmp_path / "written.log"
-    report = label_folder_ray(seg_onnx, photo_folder, tmp_path / "ray", LabelOptions(batch_size=4), False, lambda m: None,
-                              actors=2, actor_cls=_dying_actor(flag, log, times=1))
+    report = _ray_with(monkeypatch, seg_onnx, photo_folder, tmp_path / "ray", 4, actor_cls=_dying_actor(flag, log, times=1))
     assert flag.read_text() == "1" and report.ok == 5 and report.failed == 0
     assert sorted(log.read_text().split()) == ["a.jpg", "b.png", "sub/c.JPG", "sub/d.webp", "sub/deeper/e.bmp"]
     assert _same(_outputs(tmp_path / "local"), _outputs(tmp_path / "ray"))
@@ -137,13 +134,11 @@ def test_a_dying_actor_is_retried_without_losing_or_redoing_masks(ray_session, s
 
 
 @pytest.mark.slow
-def test_an_image_that_always_kills_its_actor_fails_alone(ray_session, seg_onnx, photo_folder, tmp_path):
-    from aesipe.infer.options import LabelOptions
-    from aesipe.infer.ray_engine import label_folder_ray
+def test_an_image_that_always_kills_its_actor_fails_alone(ray_session, seg_onnx, photo_folder, tmp_path, monkeypatch):
     from aesipe.infer.ray_workers import TRIES_PER_IMAGE
 
-    report = label_folder_ray(seg_onnx, photo_folder, tmp_path / "ray", LabelOptions(batch_size=4), False, lambda m: None,
-                              actors=2, actor_cls=_dying_actor(tmp_path / "deaths", tmp_path / "log", times=99))
+    report = _ray_with(monkeypatch, seg_onnx, photo_folder, tmp_path / "ray", 4,
+                       actor_cls=_dying_actor(tmp_path / "deaths", tmp_path / "log", times=99))
     assert report.ok == 4 and report.failed == 1 and report.exit_code == 1
     reason = report.images["sub/c.JPG"]["reason"]
     assert reason == f"the labelling process died on it {TRIES_PER_IMAGE} times"
@@ -153,39 +148,45 @@ def test_an_image_that_always_kills_its_actor_fails_alone(ray_session, seg_onnx,
 
 def _dying_decoder(flag: Path, times: int):
     """A decode task whose process exits while reading sub/c.JPG, the first ``times`` times (counted in ``flag``).
-    It patches the image reading in its worker process during the call: the journal the real ``decode`` keeps counts."""
+    It patches the decode step in its worker process during the call: the journal the real task keeps counts."""
     from aesipe.infer import ray_workers
-    from aesipe.infer.job import LabelJob
 
     def dying_decode(row, state):
-        original = LabelJob.prepare
+        original = ray_workers.decode
 
-        def prepare(self, image):
+        def decode(task, job):
             deaths = int(flag.read_text()) if flag.exists() else 0
-            if image.rel.name == "c.JPG" and deaths < times:
+            if PurePosixPath(task.rel).name == "c.JPG" and deaths < times:
                 flag.write_text(str(deaths + 1))
                 os._exit(1)
-            return original(self, image)
+            return original(task, job)
 
-        LabelJob.prepare = prepare  # for this call only: the worker process decodes other tests' images later
+        ray_workers.decode = decode  # for this call only: the worker process decodes other tests' images later
         try:
-            return ray_workers.decode(row, state)
+            return ray_workers.decode_task(row, state)
         finally:
-            LabelJob.prepare = original
+            ray_workers.decode = original
 
     return dying_decode
 
 
+def _ray_with(monkeypatch, model, images, out, batch_size, decode_fn=None, actor_cls=None):
+    """``--engine ray`` with a failing decode task or actor put in."""
+    from aesipe.infer import ray_engine, ray_workers
+
+    monkeypatch.setattr(ray_engine, "_workers", lambda: (decode_fn or ray_workers.decode_task,
+                                                         actor_cls or ray_workers.LabelActor))
+    return _ray(model, images, out, batch_size=batch_size)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("times", [1, 99], ids=["once", "always"])
-def test_an_image_that_kills_its_decoder_is_retried_then_fails_alone(ray_session, seg_onnx, photo_folder, tmp_path, times):
-    from aesipe.infer.options import LabelOptions
-    from aesipe.infer.ray_engine import label_folder_ray
+def test_an_image_that_kills_its_decoder_is_retried_then_fails_alone(ray_session, seg_onnx, photo_folder, tmp_path, times,
+                                                                    monkeypatch):
     from aesipe.infer.ray_workers import TRIES_PER_IMAGE
 
     flag, out = tmp_path / "deaths", tmp_path / "ray"
-    report = label_folder_ray(seg_onnx, photo_folder, out, LabelOptions(batch_size=2), False, lambda m: None,
-                              actors=2, decode_fn=_dying_decoder(flag, times))
+    report = _ray_with(monkeypatch, seg_onnx, photo_folder, out, 2, decode_fn=_dying_decoder(flag, times))
     if times == 1:  # the retry decodes it: nothing lost
         assert flag.read_text() == "1" and report.ok == 5 and report.failed == 0 and report.exit_code == 0
         _local(seg_onnx, photo_folder, tmp_path / "local")

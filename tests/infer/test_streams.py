@@ -8,9 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from aesipe.infer import session
-from aesipe.infer.api import Labeler
-from aesipe.infer.folder import label_folder
+from aesipe.infer import LabelSettings, label_folder, local_engine, session
+from aesipe.infer.labeler import Labeler
 from aesipe.utils.labelpng import load_label_png
 
 
@@ -30,13 +29,12 @@ def test_streams_and_threads_rule(monkeypatch, cores, threads, streams, expected
 
 
 def test_aesipe_label_picks_two_streams_for_a_segmenter_one_for_a_pseudo_labeller(seg_onnx, pl_onnx, monkeypatch):
-    from aesipe.infer.options import LabelOptions, labeler_for
-
+    labeler_for = local_engine.open_labeler  # the Labeler aesipe-label's local engine opens
     monkeypatch.setattr(session, "usable_cores", lambda: 2)
-    segmenter, pseudo = labeler_for(seg_onnx, LabelOptions(device="cpu")), labeler_for(pl_onnx, LabelOptions(device="cpu"))
-    assert (segmenter.streams, segmenter.backend.threads, len(segmenter.backend.sessions)) == (2, 1, 2)
-    assert (pseudo.streams, pseudo.backend.threads, len(pseudo.backend.sessions)) == (1, None, 1)
-    assert labeler_for(pl_onnx, LabelOptions(device="cpu", streams=2)).streams == 2
+    segmenter, pseudo = labeler_for(seg_onnx, LabelSettings(device="cpu")), labeler_for(pl_onnx, LabelSettings(device="cpu"))
+    assert (segmenter.streams, segmenter.model.threads, len(segmenter.model.sessions)) == (2, 1, 2)
+    assert (pseudo.streams, pseudo.model.threads, len(pseudo.model.sessions)) == (1, None, 1)
+    assert labeler_for(pl_onnx, LabelSettings(device="cpu", streams=2)).streams == 2
 
 
 def _gate_calls(run, both_in: threading.Barrier, seen: list):
@@ -55,10 +53,10 @@ def _gate_calls(run, both_in: threading.Barrier, seen: list):
 
 def test_a_labeler_with_two_streams_runs_two_calls_at_once(seg_onnx):
     labeler = Labeler(seg_onnx, device="cpu", streams=2)
-    assert labeler.streams == 2 and len(labeler.backend.sessions) == 2
+    assert labeler.streams == 2 and len(labeler.model.sessions) == 2
     assert Labeler(seg_onnx, device="cpu").streams == 1  # the embeddable API's default: one caller, every core
     both_in, seen = threading.Barrier(2, timeout=20), []
-    for onnx_session in labeler.backend.sessions:  # each session's own run, so the two calls need two sessions
+    for onnx_session in labeler.model.sessions:  # each session's own run, so the two calls need two sessions
         onnx_session.run = _gate_calls(onnx_session.run, both_in, seen)
     rgb = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
     results = [None, None]

@@ -44,8 +44,8 @@ def _reference_slide(labeler: Labeler, rgb: np.ndarray, tile: int, stride: int, 
         for x1, x2 in windows(width, tile, stride):
             crop = rgb[y1:y2, x1:x2]
             for mirrored in ([False, True] if flip else [False]):
-                x = labeler._to_input(np.ascontiguousarray(crop[:, ::-1]) if mirrored else crop)
-                scores = labeler.backend.run(x[None], None, ("scores",))["scores"][0, :, : y2 - y1, : x2 - x1]
+                x = labeler.to_input(np.ascontiguousarray(crop[:, ::-1]) if mirrored else crop)
+                scores = labeler.model.run(x[None], None, ("scores",))["scores"][0, :, : y2 - y1, : x2 - x1]
                 total[:, y1:y2, x1:x2] += scores[..., ::-1] if mirrored else scores
                 count[y1:y2, x1:x2] += 1
     return total / count
@@ -54,11 +54,11 @@ def _reference_slide(labeler: Labeler, rgb: np.ndarray, tile: int, stride: int, 
 @pytest.mark.parametrize("tile, overlap, flip", [(64, 0.25, False), (48, 0.5, True), (80, 0.0, False)])
 def test_banded_tiles_equal_a_full_size_slide(seg_onnx, tile, overlap, flip):
     rgb = tiny.smooth_rgb(150, 230, seed=5)
-    labeler = Labeler(seg_onnx, tile=tile, tile_overlap=overlap, flip=flip, tile_batch=3)
+    labeler = Labeler(seg_onnx, tile=tile, tile_overlap=overlap, flip=flip, batch_size=3)
     mean = _reference_slide(labeler, rgb, tile, tile - round(tile * overlap), flip)
     probs = np.exp(mean - mean.max(0)) / np.exp(mean - mean.max(0)).sum(0)
-    item = labeler.prepare(labeler._decode(rgb), None, confidence=True, probabilities=True)
-    done = labeler.finish_scored(item, labeler.run_batch([item])[0])
+    item = labeler.prepare(labeler.decode(rgb), None, confidence=True, probabilities=True)
+    done = labeler.finish(item, labeler.run_batch([item])[0])
     assert item.tiled and (done.labels == mean.argmax(0)).all()
     assert np.abs(done.confidence.astype(int) - np.rint(probs.max(0) * 255)).max() <= 1
     np.testing.assert_allclose(done.probabilities, probs, atol=1e-5)
@@ -111,20 +111,24 @@ def test_tiling_joins_the_fingerprint(seg_onnx, photo_folder, tmp_path):
 _PEAK = """
 import json, sys
 from pathlib import Path
-from aesipe.infer.job import LabelJob
-from aesipe.infer.options import LabelOptions
+from aesipe.infer import LabelSettings, local_engine
+from aesipe.infer.job import open_job, plan_job
+from aesipe.infer.report import Report
+from aesipe.infer.steps import MaskWriter, decode
 
 def status(key):
     return next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith(key))
 
 model, image, out = sys.argv[1:4]
-job = LabelJob(model, image, out, LabelOptions(tile=512, confidence=True, overlay=True, batch_size=2), log=lambda m: None)
-(todo,) = job.plan().todo
-item = job.prepare(todo)  # the decoder's own peak comes first (Pillow's copies: not ours to bound)
+settings = LabelSettings(tile=512, confidence=True, overlay=True, batch_size=2)
+job, labeler, tasks = open_job(model, image, out, settings, local_engine.open_labeler, lambda m: None)
+(todo,) = plan_job(job, tasks, Report(job.layout.file("report.json"))).todo
+decoded = decode(todo, job)  # the decoder's own peak comes first (Pillow's copies: not ours to bound)
+item = labeler.prepare(decoded.image, decoded.tags)
 before = status("VmRSS:")
 with open("/proc/self/clear_refs", "w") as handle:
     handle.write("5")  # VmHWM := VmRSS: from here on, the peak of labelling and writing alone
-record = job.write(todo, item, job.labeler.run_batch([item])[0])
+record = MaskWriter(job).write(todo, labeler.finish(item, labeler.run_batch([item])[0]), decoded.image.rgb)
 print(json.dumps({"held_mb": before, "peak_mb": status("VmHWM:"), "ok": record["status"]}))
 """
 

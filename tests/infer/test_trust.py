@@ -195,7 +195,7 @@ def test_ctrl_c_writes_the_report_and_exits_130(seg_onnx, photo_folder, tmp_path
     # and leave a report of the masks already written.
     code = (
         "import sys\n"
-        "from aesipe.infer import job\n"
+        "from aesipe.infer import steps as job\n"
         "from aesipe.infer.cli import main\n"
         "real, calls = job.save_label_png, []\n"
         "def save(*a, **k):\n"
@@ -249,7 +249,7 @@ def test_sigkill_mid_folder_loses_nothing(seg_onnx, photo_folder, tmp_path, patc
     out = tmp_path / "out"
     code = (
         "import os, signal\n"
-        "from aesipe.infer import folder, job\n" + patch +
+        "from aesipe.infer import folder\nfrom aesipe.infer import steps as job\n" + patch +
         f"folder.label_folder({str(seg_onnx)!r}, {str(photo_folder)!r}, {str(out)!r}, workers=1, batch_size=1,"
         " progress=False)\n"
     )
@@ -284,7 +284,8 @@ def test_a_slow_image_does_not_hold_back_the_others(seg_onnx, photo_folder, tmp_
     # it finishes, the others are labelled and written meanwhile instead of queueing behind it.
     import threading
 
-    from aesipe.infer import folder, job
+    from aesipe.infer import folder
+    from aesipe.infer import steps as job
 
     out = tmp_path / "out"
     others_written = threading.Event()

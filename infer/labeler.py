@@ -14,7 +14,6 @@ background scaling. Neither is computed unless asked for.
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Sequence
 
@@ -23,104 +22,57 @@ import numpy as np
 
 from aesipe import crf as crf_ops
 from aesipe.config import CrfConfig
+from aesipe.imaging import DecodedImage, ImageReadError, read_image
 from aesipe.utils.errors import UserError
 
 from . import tiling
-from .finish import finish_scored
-from .io import DEFAULT_MAX_SIDE, DecodedImage, ImageReadError, read_image
+from .finish import finish
 from .items import Labelled, Prepared
 from .session import open_backend
+from .settings import LabelSettings, check_for_model
 
 
 class Labeler:
-    """Label images with an exported model; everything it needs comes from the file's metadata."""
+    """Label images with an exported model; everything it needs comes from the file's metadata and one
+    ``LabelSettings`` (or its fields: ``Labeler("m.onnx", flip=True)``).
 
-    def __init__(self, model_path: str | Path, device: str = "auto", providers: Sequence[str] | None = None,
-                 half: bool = False, scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
-                 max_side: int | None = DEFAULT_MAX_SIDE, threads: int | None = None, tile: int | None = None,
-                 tile_overlap: float | None = None, classes: Sequence[str] | None = None, tile_batch: int = 4,
-                 confidence: bool = False, streams: int | None = 1):
-        """``threads``: ONNX Runtime's intra-op threads per session. ``streams``: sessions on a CPU that run
-        calls at once (``run_batch`` from that many threads; None: ``session.cpu_streams``'s choice, two for a
-        segmenter on two cores or more, each with half the cores). One stream suits one caller: its calls get
-        every core."""
-        if streams is not None and streams < 1:
-            raise UserError(f"streams must be at least 1, got {streams}")
-        scales = tuple(float(s) for s in scales)
-        if not scales or any(s <= 0 for s in scales):
-            raise UserError(f"scales must be positive numbers, got {scales}")
-        self.tile_overlap = tiling.check_tile(tile, tile_overlap)
-        if tile is not None and (scales != (1.0,) or crf):
-            raise UserError(f"--tile runs at scale 1.0 without a CRF (the CRF would need the whole image's "
-                            f"probabilities in memory): drop {'--scales' if scales != (1.0,) else '--crf'}")
-        self.backend = open_backend(model_path, device=device, providers=providers, threads=threads, streams=streams)
-        self.info = self.backend.info
-        if half and self.info.precision != "float16":
-            raise UserError(f"this file computes in {self.info.precision}: export it with `aesipe-export --half` "
-                            "for float16")
-        if crf and not crf_ops.crf_available():
+    The steps of one image, each public and thread-safe: ``prepare`` (decoded pixels -> the graph's inputs),
+    ``run_batch`` (the model; ``streams`` calls at once), ``finish`` (model outputs -> labels at the image's
+    size). ``label`` and ``label_many`` chain them."""
+
+    def __init__(self, model_path: str | Path, settings: LabelSettings | None = None, *, parallel_calls: bool = False,
+                 **fields):
+        """``settings.streams``: sessions on a CPU that run calls at once. Left automatic (None), a Labeler
+        has one, so a single caller's calls get every core; ``parallel_calls=True`` (an engine that calls
+        ``run_batch`` from several threads) takes ``session.cpu_streams``'s choice instead."""
+        self.settings = settings = LabelSettings.of(settings, **fields)
+        if settings.crf and not crf_ops.crf_available():
             raise UserError(f"--crf needs pydensecrf: {crf_ops.INSTALL_HINT}")
+        self.model = open_backend(model_path, device=settings.device, providers=settings.providers,
+                                  threads=settings.threads,
+                                  streams=settings.streams if settings.streams or parallel_calls else 1)
+        """The model file's runner (``session.py``): ``run(image, tags, want)``, ``info``, ``providers``."""
+        self.info = self.model.info
+        self.keep = check_for_model(settings, self.info)
+        """Label values ``settings.classes`` restricts the output to (None: every class)."""
         self.graph_test_time = self.info.output.get("test_time")
         """A pseudo-labeller's in-graph test-time procedure (its run's scales, flip, PAMR), or None."""
-        if self.graph_test_time and (scales != (1.0,) or flip):
-            run = self.graph_test_time
-            raise UserError(f"this pseudo-labeller runs its run's test-time scales {run['scales']} "
-                            f"{'with' if run['flip'] else 'without'} flip inside the graph; re-export it with "
-                            "`aesipe-export --what pseudo-labeller --scales ... --flip/--no-flip` to change them")
-        if tile is not None and self.info.needs_tags:
-            raise UserError("--tile is for segmenters: a pseudo-labeller's maps are max-normalised over the whole "
-                            "image, so tiles would change its rule (it runs unpadded at any size: drop --tile)")
-        self.keep = self._kept_classes(classes)
-        """Label values ``classes`` restricts the output to (None: every class)."""
-        self.scales, self.flip, self.crf, self.max_side = scales, flip, crf, max_side
-        self.tile, self.tile_batch = tile, max(1, int(tile_batch))
-        self.confidence = confidence
-        """What ``prepare`` asks for when not told: engines re-prepare decoded images with two arguments."""
         self.crf_config = CrfConfig()
         self.fmt = self.info.input_format
         self.palette = np.array(self.info.palette, dtype=np.uint8).reshape(-1, 3)
 
-    def _kept_classes(self, names: Sequence[str] | None) -> tuple[int, ...] | None:
-        if names is None:
-            return None
-        if self.info.needs_tags:
-            raise UserError("--classes is for segmenters: a pseudo-labeller labels only the classes of each image's "
-                            "tags (edit the --tags CSV instead)")
-        known = list(self.info.classes[1:])
-        keep = set()
-        for name in names:
-            if name == self.info.classes[0]:
-                continue  # the background is always kept
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise UserError(f"--classes: unknown class {name!r}{hint}; the model knows {', '.join(known)}")
-            keep.add(known.index(name) + 1)
-        if not keep:
-            raise UserError("--classes names no class of the model: give at least one of " + ", ".join(known))
-        return tuple(sorted(keep))
-
     @property
     def providers(self) -> list[str]:
-        return list(self.backend.providers)
+        return list(self.model.providers)
 
     @property
     def fallback(self) -> str | None:
-        return self.backend.fallback
+        return self.model.fallback
 
     @property
     def streams(self) -> int:
         """How many ``run_batch`` calls run at once, each on its own session (more callers wait)."""
-        return self.backend.streams
-
-    @property
-    def single_pass(self) -> bool:
-        return self.scales == (1.0,) and not self.flip
-
-    @property
-    def read_side(self) -> int | None:
-        """The size cap images are decoded at: none with tiles (tiles see the image at full resolution)."""
-        return None if self.tile is not None else self.max_side
+        return self.model.streams
 
     # -- tags ---------------------------------------------------------------------------------------
     def tags_vector(self, tags: Sequence[str] | np.ndarray | None) -> np.ndarray | None:
@@ -142,7 +94,9 @@ class Labeler:
         return vector
 
     # -- pre-processing (thread-safe) ---------------------------------------------------------------
-    def _to_input(self, rgb: np.ndarray) -> np.ndarray:
+    def to_input(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 H x W x 3 RGB -> the graph's float32 [3, Hp, Wp] input (scaled, normalised unless the graph
+        does it, padded to the size divisor with the pad colour)."""
         fmt = self.fmt
         height, width = rgb.shape[:2]
         if fmt.fixed_size:
@@ -163,21 +117,21 @@ class Labeler:
 
     def prepare(self, decoded: DecodedImage, tags: np.ndarray | None, confidence: bool | None = None,
                 probabilities: bool = False) -> Prepared:
-        """``confidence`` (default: the Labeler's) / ``probabilities``: ``finish_scored`` returns them too."""
-        confidence = self.confidence if confidence is None else confidence
+        """``confidence`` (default: the settings') / ``probabilities``: ``finish`` returns them too."""
+        confidence = self.settings.confidence if confidence is None else confidence
         item = Prepared(decoded, tags, confidence=confidence, probabilities=probabilities)
-        if tiling.needs_tiles(self, decoded.rgb.shape[:2]):
+        if tiling.needs_tiles(self.settings.tile, decoded.rgb.shape[:2]):
             item.tiled = True  # the tiles are cut from the pixels inside run_batch: no full-size float input
             return item
         height, width = decoded.rgb.shape[:2]
-        for scale in self.scales:
+        for scale in self.settings.scales:
             rgb = decoded.rgb
             if scale != 1.0:
                 size = (max(1, round(width * scale)), max(1, round(height * scale)))
                 rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
-            item.variants.append((scale, False, self._to_input(rgb)))
-            if self.flip:
-                item.variants.append((scale, True, self._to_input(np.ascontiguousarray(rgb[:, ::-1]))))
+            item.variants.append((scale, False, self.to_input(rgb)))
+            if self.settings.flip:
+                item.variants.append((scale, True, self.to_input(np.ascontiguousarray(rgb[:, ::-1]))))
         return item
 
     def needs_scores(self, item: Prepared) -> bool:
@@ -185,7 +139,7 @@ class Labeler:
         # restriction or a confidence map (for a pseudo-labeller they mirror aesipe.pseudo_labels; a file
         # of aesipe 0.1 normalised per pass).
         legacy_pseudo = self.info.needs_tags and not self.graph_test_time
-        return (not self.single_pass or self.crf or legacy_pseudo or self.keep is not None
+        return (not self.settings.single_pass or self.settings.crf or legacy_pseudo or self.keep is not None
                 or item.confidence or item.probabilities or item.decoded.rgb.shape[:2] != item.decoded.original_size)
 
     # -- inference (thread-safe; ``streams`` calls run at once) -------------------------------------
@@ -199,7 +153,7 @@ class Labeler:
         for v in range(len(items[0].variants)):
             batch = np.stack([item.variants[v][2] for item in items])
             tags = np.stack([item.tags for item in items]) if self.info.needs_tags else None
-            out = self.backend.run(batch, tags, (want,))[want]
+            out = self.model.run(batch, tags, (want,))[want]
             for i, item in enumerate(items):
                 scale, _, _ = item.variants[v]
                 h, w = _scaled_size(item.decoded.rgb.shape[:2], scale)
@@ -207,19 +161,16 @@ class Labeler:
         return per_item
 
     # -- post-processing (thread-safe) --------------------------------------------------------------
-    def finish(self, item: Prepared, outputs: list) -> np.ndarray:
-        """Model outputs of one image -> uint8 label map at the image's original size."""
-        return self.finish_scored(item, outputs).labels
-
-    def finish_scored(self, item: Prepared, outputs: list) -> Labelled:
-        """Model outputs of one image -> its labels, with the confidence/probabilities it was prepared for."""
-        return finish_scored(self, item, outputs)
+    def finish(self, item: Prepared, outputs: list) -> Labelled:
+        """Model outputs of one image -> its labels at its original size, with the confidence/probabilities it
+        was prepared for."""
+        return finish(self, item, outputs)
 
     # -- convenience ----------------------------------------------------------------------------------
-    def _decode(self, image: np.ndarray | str | Path) -> DecodedImage:
+    def decode(self, image: np.ndarray | str | Path) -> DecodedImage:
         if isinstance(image, (str, Path)):
             try:
-                return read_image(Path(image), self.read_side)
+                return read_image(Path(image), self.settings.read_side)
             except ImageReadError as exc:
                 raise UserError(f"cannot label {image}: {exc}") from None
         rgb = np.asarray(image)
@@ -249,13 +200,13 @@ class Labeler:
             buckets: dict[tuple, list[tuple[int, Prepared]]] = {}
             for i in range(start, min(start + step * 4, len(images))):
                 vector = self.tags_vector(None if tags is None else tags[i])
-                item = self.prepare(self._decode(images[i]), vector, confidence=False, probabilities=return_scores)
+                item = self.prepare(self.decode(images[i]), vector, confidence=False, probabilities=return_scores)
                 buckets.setdefault(item.batch_key, []).append((i, item))
             for group in buckets.values():
                 for first in range(0, len(group), step):
                     chunk = group[first:first + step]
                     for (i, item), outputs in zip(chunk, self.run_batch([item for _, item in chunk])):
-                        done = self.finish_scored(item, outputs)
+                        done = self.finish(item, outputs)
                         results[i] = (done.labels, done.probabilities) if return_scores else done.labels
         return results
 
