@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import reviewed
 from .gathered import gather_outputs
 from .job import LabelJob, open_job, plan_job
 from .labeler import Labeler
@@ -76,9 +77,11 @@ def label_folder(model_path: str | Path, input_spec: str | Path, output_dir: str
         log(f"warning: {warning}")
     report = Report.load_previous(job.layout.file(REPORT_FILE), {task.rel for task in tasks})
     job.layout.remove_temporaries()
-    plan = plan_job(job, tasks, report)
+    for_model, to_copy = reviewed.split_tasks(job, tasks, report)
+    plan = plan_job(job, for_model, report)
     stats, started = RunStats(), time.perf_counter()
     try:
+        reviewed.write_reviewed(job, to_copy, report, log)
         engine.run(job, labeler, plan, report, stats, progress, log)
     finally:  # also on Ctrl-C: the report says what was finished
         report.summary = summarise(job, labeler, report, stats, time.perf_counter() - started,

@@ -42,7 +42,8 @@ def _index_folder(ds, ids, folder: Path, with_names: bool = False) -> Path:
 
 def _cvat_folder(ds, ids, folder: Path, classes=None) -> Path:
     """The layout aesipe-label --format cvat writes (its own writer functions)."""
-    from aesipe.infer.outputs import cvat_labelmap, save_colour_png
+    from aesipe.infer.companions import save_colour_png
+    from aesipe.infer.gathered import cvat_labelmap
 
     classes = classes or ds.class_names
     (folder / "SegmentationClass").mkdir(parents=True, exist_ok=True)
@@ -202,7 +203,7 @@ def test_every_problem_is_one_line_and_nothing_is_imported(review_run, tmp_path)
     val = open_dataset(review_run.data, "val")
     source = _cvat_folder(ds, ds.ids[:2], tmp_path / "cvat", classes=[*ds.class_names[:-1], "zebra"])
     good = ds.load_mask(ds.ids[2])
-    from aesipe.infer.outputs import save_colour_png
+    from aesipe.infer.companions import save_colour_png
 
     save_colour_png(source / "SegmentationClass" / f"{ds.ids[2]}.png", good[:-3], ds.palette)  # wrong size
     save_colour_png(source / "SegmentationClass" / f"{val.ids[0]}.png", val.load_mask(val.ids[0]), ds.palette)
