@@ -31,21 +31,32 @@ def _numpy_globals() -> list:
     return [_reconstruct, np.ndarray, np.dtype, *dtype_classes]
 
 
-def read_checkpoint(path: str | Path, kind: str | None = None, map_location: Any = "cpu") -> dict[str, Any]:
-    """The checkpoint dict at ``path``, checked (format, version, ``kind``); a wrong file is one ``UserError``."""
+def load_torch_file(path: str | Path, what: str, map_location: Any = "cpu", rng_states: bool = False) -> Any:
+    """A ``torch.save`` file a user handed us (a checkpoint, pretrained weights), read as data: tensors,
+    containers and plain values only (``weights_only=True``; ``rng_states`` also admits the numpy arrays an
+    RNG state pickles as), so no file can run code. Missing, unreadable or unsafe: one ``UserError`` naming
+    ``what``."""
     import torch
 
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a folder: give a checkpoint file (e.g. {path / 'final.pt'})")
+        raise UserError(f"{path} is a folder: give the {what} file")
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals() if rng_states else []):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt, truncated, not a torch file, or objects we refuse to unpickle
         reason = str(exc).splitlines()[0][:160] if "weights_only" not in str(exc) else "it holds objects other than tensors and plain data"
-        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {reason})", 1) from None
+        raise UserError(f"cannot read {what} {path} ({type(exc).__name__}: {reason})", 1) from None
+
+
+def read_checkpoint(path: str | Path, kind: str | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at ``path``, checked (format, version, ``kind``); a wrong file is one ``UserError``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give a checkpoint file (e.g. {path / 'final.pt'})")
+    ckpt = load_torch_file(path, "checkpoint", map_location, rng_states=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an aesipe checkpoint (for the authors' SIPE/AE-SIPE files use "
                         "`aesipe-train import-checkpoint`)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import time
 from pathlib import Path
@@ -57,7 +58,7 @@ def build_graph(loaded: LoadedModel, net: torch.nn.Module, test_time: CamSetting
     return graph
 
 
-def _metadata(loaded: LoadedModel, test_time: CamSettings | None, fmt: ExportFormat, opset: int | None, half: bool,
+def _metadata(loaded: LoadedModel, test_time: CamSettings | None, half: bool, opset: int | None = None,
               custom_ops: tuple[str, ...] = (), op_library: str | None = None) -> dict[str, str]:
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     classes = loaded.class_names
@@ -92,8 +93,7 @@ def _metadata(loaded: LoadedModel, test_time: CamSettings | None, fmt: ExportFor
         input_format=InputFormat(mean=mean, std=std, pad_value=mean, size_divisor=SIZE_DIVISOR if seg else None),
         output=output, inputs=inputs, aesipe_version=aesipe.__version__, torch_version=torch.__version__,
         pamr=pamr, background_scale=1.0 if seg else loaded.cfg.cam.background_scale,
-        opset=opset if fmt.name == "onnx" else None, precision="float16" if half else "float32",
-        custom_ops=custom_ops, op_library=op_library,
+        opset=opset, precision="float16" if half else "float32", custom_ops=custom_ops, op_library=op_library,
     )
 
 
@@ -122,18 +122,8 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
     started = time.perf_counter()
     try:
         with torch.no_grad():
-            if fmt.name == "torchscript":
-                from .torchscript import custom_ops_in, op_library_path, trace
-
-                graph = trace(graph, samples)
-                ops = custom_ops_in(graph)
-                metadata = _metadata(loaded, test_time, fmt, None, half, ops, op_library_path() if ops else None)
-            else:
-                from .onnx import DEFAULT_OPSET
-
-                opset = opset or DEFAULT_OPSET
-                metadata = _metadata(loaded, test_time, fmt, opset, half)
-            fmt.write(graph, samples, input_names, ["scores", "labels"], metadata, partial, opset=opset)
+            make_metadata = functools.partial(_metadata, loaded, test_time, half)
+            fmt.write(graph, samples, input_names, ["scores", "labels"], make_metadata, partial, opset)
         log(f"written in {time.perf_counter() - started:.0f} s" + ("; checking it against PyTorch at two sizes" if verify else ""))
         if verify:
             result = verify_file(partial, reference, None if loaded.what == "segmenter" else num_classes,
@@ -205,10 +195,7 @@ def export_model(source: str | Path, out_path: str | Path | None = None, format:
     if int8 is not None and not verify:
         raise UserError("--int8 needs the parity check of the float32 file first: drop --no-verify")
     check_options(fmt, used)
-    if fmt.name == "onnx":
-        from .onnx import require_onnx
-
-        require_onnx()
+    fmt.require()
     source = Path(source)
     loaded = load_source(source, _normalise_what(what))
     test_time = None

@@ -9,27 +9,37 @@ outputs are removed first, so no stage resumes from files made with other settin
 its ``running`` record and key; the re-run calls the stage again, and the stage resumes by itself
 (training from ``checkpoints/last.pt``, per-image stages from the files already written).
 Outputs of a stage run by hand (no record yet) are adopted, not removed.
+
+Inputs that no stage makes (``SOURCES``: a run's reviewed masks, ``<run>/corrections/``) join the ``inputs``
+of the stages that read them by their digest while they are present, so importing corrections redoes those
+stages and what depends on them, and nothing else (a run without corrections keeps its keys).
 """
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from aesipe.config import SCHEMA_VERSION, RunConfig, config_hash, to_dict
+from aesipe.config import RUNTIME_ONLY_FIELDS, SCHEMA_VERSION, RunConfig, config_hash, to_dict
 from aesipe.utils.atomic import atomic_write_text
 from aesipe.utils.errors import UserError
 
 from .pipeline_legacy import adopt_legacy_records
 from .runconfig import save_run_config
+from .stages import Reads
 
 MANIFEST = "manifest.json"
-# Fields that change how fast or where a stage runs, never what it makes.
-_RUNTIME_FIELDS = {"workers", "device", "log_every", "checkpoint_every"}
+
+
+def _value(cfg: Any, dotted: str) -> Any:
+    """``section.field`` of a config or of a view of plain dicts (aesipe 0.1's, ``pipeline_legacy``)."""
+    section, _, name = dotted.partition(".")
+    value = getattr(cfg, section)
+    return value[name] if isinstance(value, dict) else getattr(value, name)
 
 
 def _sections(cfg: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -37,135 +47,90 @@ def _sections(cfg: Any, names: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in names:
         section, _, field = name.partition(".")
+        if field:
+            if field not in RUNTIME_ONLY_FIELDS:
+                out[name] = _value(cfg, name)
+            continue
         value = getattr(cfg, section)
         value = value if isinstance(value, dict) else to_dict(value)
-        if field:
-            out[name] = value[field]
-        else:
-            out[name] = {k: v for k, v in value.items() if k not in _RUNTIME_FIELDS}
+        out[name] = {k: v for k, v in value.items() if k not in RUNTIME_ONLY_FIELDS}
     return out
 
 
-def _splits(cfg: RunConfig, *names: str) -> list[str]:
-    from .stages.random_walk import seg_train_split
+def _corrections_digest(cfg: Any) -> str | None:
+    """The run's reviewed masks (``aesipe-train corrections``); None when it has none (or ``cfg`` is a view of
+    aesipe 0.1's sections, which had none)."""
+    from aesipe.corrections import CorrectionStore
 
-    lookup = {"train": cfg.data.train_split, "cam": cfg.data.cam_split, "seg": seg_train_split(cfg)}
-    return list(dict.fromkeys(lookup[n] for n in names))
-
-
-# ---------------------------------------------------------------- what each stage runs
-def _run_train(cfg: RunConfig) -> dict:
-    from .stages.stage1 import train_stage1
-
-    train_stage1(cfg)
-    return {}
+    run_dir = getattr(cfg, "run_dir", None)
+    return CorrectionStore.of_run(run_dir).digest() if run_dir is not None else None
 
 
-def _run_make_cam(cfg: RunConfig) -> dict:
-    from aesipe.data import resolve_split
-
-    from .stages.make_cam import make_cams
-
-    # One pass per set of images: a folder dataset's train_aug is its train (the CAM folder is shared).
-    by_images = {resolve_split(cfg.data, split): split for split in _splits(cfg, "train", "seg", "cam")}
-    for split in by_images.values():
-        make_cams(cfg, split)
-    return {}
+SOURCES: dict[str, Callable[[Any], str | None]] = {"corrections": _corrections_digest}
+"""Inputs of a run that no stage makes, by name: their digest, None while absent. A stage lists those it reads
+in ``Stage.sources``; ``@reads(when={part: source})`` declares config parts read only while a source is present."""
 
 
-def _run_eval_cam(cfg: RunConfig) -> dict:
-    from .stages.evaluate import describe, evaluate_cams, save_cam_eval
-
-    result = evaluate_cams(cfg, cfg.data.cam_split, "maps", [cfg.cam.background_scale, *cfg.cam.sweep])
-    print(describe(result))
-    save_cam_eval(cfg, result)
-    return {"miou": result["miou"], "split": cfg.data.cam_split}
+def source_digests(cfg: Any) -> dict[str, str | None]:
+    return {name: digest(cfg) for name, digest in SOURCES.items()}
 
 
-def _run_ir_label(cfg: RunConfig) -> dict:
-    from .stages.ir_label import make_ir_labels
-
-    make_ir_labels(cfg, cfg.data.train_split)
-    return {}
-
-
-def _run_irn(cfg: RunConfig) -> dict:
-    from .stages.irn import train_irn
-
-    train_irn(cfg)
-    return {}
-
-
-def _run_make_seg_labels(cfg: RunConfig) -> dict:
-    from .stages.random_walk import make_seg_labels
-
-    for split in _splits(cfg, "seg", "cam"):
-        make_seg_labels(cfg, split)
-    return {}
-
-
-def _run_eval_seg_labels(cfg: RunConfig) -> dict:
-    from .stages.random_walk import seg_label_dir
-    from .stages.seg_eval import LABEL_EVAL_FILE, describe, evaluate_label_dir, save_eval
-
-    result = evaluate_label_dir(cfg, seg_label_dir(cfg, cfg.data.cam_split), cfg.data.cam_split)
-    print(describe(result, "random-walk pseudo-labels"))
-    save_eval(cfg, result, LABEL_EVAL_FILE)
-    return {"miou": result["miou"], "split": cfg.data.cam_split}
-
-
-def _run_seg(cfg: RunConfig) -> dict:
-    from .stages.seg import train_seg
-
-    train_seg(cfg)
-    return {}
-
-
-def _run_eval_seg(cfg: RunConfig) -> dict:
-    from .stages.seg_eval import describe, evaluate_segmenter, save_eval
-
-    result = evaluate_segmenter(cfg)
-    print(describe(result, "DeepLabV3"))
-    save_eval(cfg, result)
-    return {"miou": result["miou"], "split": cfg.data.eval_split}
+def _flag(cfg: Any, flag: str, sources: Mapping[str, str | None] | None = None) -> bool:
+    """A ``@reads(when=...)`` condition: a boolean config field, or the presence of a source."""
+    if flag in SOURCES:
+        return (sources[flag] if sources is not None else SOURCES[flag](cfg)) is not None
+    return bool(_value(cfg, flag))
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    sections: tuple[str, ...]
-    """Config parts this stage reads itself (its ancestors' are added through ``inputs``)."""
+    entry: str
+    """``module:function`` in ``train/stages``: the stage's run, which carries its ``@reads`` declaration."""
     inputs: tuple[str, ...]
-    run: Callable[[RunConfig], dict]
     outputs: Callable[[RunConfig], list[str]]
     """Paths relative to the run directory that the stage makes (removed when it is redone)."""
     title: str = ""
+    sources: Mapping[str, str | None] = field(default_factory=dict)
+    """The ``SOURCES`` the stage reads, each with the boolean config field that must be true for it to read
+    the source (None: always); a present source's digest is one of the stage's inputs."""
+
+    @property
+    def run(self) -> Callable[[RunConfig], dict]:
+        module, _, function = self.entry.partition(":")
+        return getattr(importlib.import_module(f"{__package__}.stages.{module}"), function)
+
+    def reads(self, cfg: Any, sources: Mapping[str, str | None] | None = None) -> tuple[str, ...]:
+        """The config parts this stage reads itself (its ancestors' are added through ``inputs``)."""
+        declared: Reads = self.run.reads
+        return declared.always + tuple(part for part, flag in declared.when.items() if _flag(cfg, flag, sources))
+
+    def source_inputs(self, cfg: Any, sources: Mapping[str, str | None]) -> dict[str, str]:
+        """{source: digest} of the sources this stage reads now (present, and its condition true)."""
+        return {name: sources[name] for name, flag in self.sources.items()
+                if sources[name] is not None and (flag is None or _flag(cfg, flag, sources))}
 
 
-_SEG_TRAIN_FIELDS = tuple(
-    f"seg.{f.name}" for f in dataclasses.fields(RunConfig().seg)
-    if not f.name.startswith("test_") and f.name not in _RUNTIME_FIELDS
-)  # fmt: skip
+def _splits(cfg: RunConfig, *names: str) -> list[str]:
+    from .stages import pipeline_splits
 
-# Stage 1 reads these data fields; the splits judged later join the stages that use them.
-_DATA_FIELDS = ("data.root", "data.kind", "data.train_split", "data.labels_csv")
+    return pipeline_splits(cfg, *names)
+
 
 STAGES: tuple[Stage, ...] = (
-    Stage("train", _DATA_FIELDS + ("model", "train", "runtime.amp"), (), _run_train, lambda c: ["stage1"], "stage 1 (AE-SIPE)"),
-    Stage("make-cam", ("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map", "cam.pamr"), ("train",), _run_make_cam,
-          lambda c: [f"cams/{s}" for s in _splits(c, "train", "seg", "cam")], "CAMs"),
-    Stage("eval-cam", ("cam.background_scale", "cam.sweep"), ("make-cam",), _run_eval_cam,
-          lambda c: ["cam_eval.json"], "stage-1 pseudo-labels"),
-    Stage("ir-label", ("crf", "ir_label"), ("make-cam",), _run_ir_label,
-          lambda c: [f"ir_labels/{c.data.train_split}"], "IR labels"),
-    Stage("irn", ("irn", "runtime.amp"), ("ir-label",), _run_irn, lambda c: ["irn"], "IRN"),
-    Stage("make-seg-labels", ("random_walk",), ("irn", "make-cam"), _run_make_seg_labels,
+    Stage("train", "stage1:run_train", (), lambda c: ["stage1"], "stage 1 (AE-SIPE)"),
+    Stage("make-cam", "make_cam:run_make_cam", ("train",), lambda c: [f"cams/{s}" for s in _splits(c, "train", "seg", "cam")],
+          "CAMs"),
+    Stage("eval-cam", "evaluate:run_eval_cam", ("make-cam",), lambda c: ["cam_eval.json"], "stage-1 pseudo-labels"),
+    Stage("ir-label", "ir_label:run_ir_label", ("make-cam",), lambda c: [f"ir_labels/{c.data.train_split}"], "IR labels",
+          sources={"corrections": "corrections.ir_labels"}),
+    Stage("irn", "irn:run_irn", ("ir-label",), lambda c: ["irn"], "IRN"),
+    Stage("make-seg-labels", "random_walk:run_make_seg_labels", ("irn", "make-cam"),
           lambda c: [f"seg_labels/{s}" for s in _splits(c, "seg", "cam")], "random-walk labels"),
-    Stage("eval-seg-labels", (), ("make-seg-labels",), _run_eval_seg_labels,
-          lambda c: ["seg_labels_eval.json"], "random-walk pseudo-labels"),
-    Stage("seg", _SEG_TRAIN_FIELDS + ("runtime.amp",), ("make-seg-labels",), _run_seg, lambda c: ["seg"], "DeepLabV3"),
-    Stage("eval-seg", ("data.eval_split", "seg.test_scales", "seg.test_flip", "seg.test_crf", "crf"), ("seg",), _run_eval_seg,
-          lambda c: ["seg_eval.json"], "DeepLabV3"),
+    Stage("eval-seg-labels", "seg_eval:run_eval_seg_labels", ("make-seg-labels",), lambda c: ["seg_labels_eval.json"],
+          "random-walk pseudo-labels"),
+    Stage("seg", "seg:run_seg", ("make-seg-labels",), lambda c: ["seg"], "DeepLabV3", sources={"corrections": None}),
+    Stage("eval-seg", "seg_eval:run_eval_seg", ("seg",), lambda c: ["seg_eval.json"], "DeepLabV3"),
 )  # fmt: skip
 STAGE_NAMES = tuple(s.name for s in STAGES)
 _BY_NAME = {s.name: s for s in STAGES}
@@ -180,19 +145,21 @@ def _ancestors(name: str) -> list[str]:
     return seen
 
 
-def stage_hashes(cfg: Any, sections: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, Any]]:
-    """Per stage: ``config_hash`` (own + ancestors' sections), ``inputs`` {stage: key}, ``key``.
+def hashed_reads(name: str, own: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The config parts a stage's key hashes: what it and its ancestors declare they read (``own``: per stage)."""
+    return tuple(dict.fromkeys(part for stage in [*_ancestors(name), name] for part in own[stage]))
 
-    ``sections`` replaces some stages' own section lists (aesipe 0.1's, see ``pipeline_legacy``)."""
-    own = {stage.name: stage.sections for stage in STAGES} | (sections or {})
+
+def stage_hashes(cfg: Any, sections: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, Any]]:
+    """Per stage: ``config_hash`` (the parts it and its ancestors read), ``inputs`` {stage: key}, ``key``.
+
+    ``sections`` replaces some stages' own declarations (aesipe 0.1's, see ``pipeline_legacy``)."""
+    sources = source_digests(cfg)
+    own = {stage.name: stage.reads(cfg, sources) for stage in STAGES} | (sections or {})
     out: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
-        names = [n for a in [*_ancestors(stage.name), stage.name] for n in own[a]]
-        seg = cfg.seg if isinstance(cfg.seg, dict) else to_dict(cfg.seg)
-        if stage.name == "eval-seg" and not seg["test_crf"]:
-            names.remove("crf")  # the CRF settings matter only when the CRF runs
-        chash = config_hash(_sections(cfg, tuple(dict.fromkeys(names))))
-        inputs = {p: out[p]["key"] for p in stage.inputs}
+        chash = config_hash(_sections(cfg, hashed_reads(stage.name, own)))
+        inputs = {p: out[p]["key"] for p in stage.inputs} | stage.source_inputs(cfg, sources)
         out[stage.name] = {"config_hash": chash, "inputs": inputs, "key": config_hash({"c": chash, "i": inputs})}
     return out
 
@@ -226,6 +193,16 @@ def _remove_outputs(run_dir: Path, outputs: list[str]) -> None:
             path.unlink()
 
 
+def _why_redone(record: dict, now: dict) -> str:
+    """What made a finished stage's key change: a source it reads (``corrections changed``), else its config or
+    an ancestor's (``config changed``)."""
+    old_inputs, new_inputs = record.get("inputs", {}), now["inputs"]
+    changed = [name for name in SOURCES if old_inputs.get(name) != new_inputs.get(name)]
+    if changed and record.get("config_hash") == now["config_hash"]:
+        return " and ".join(changed) + " changed"
+    return "config changed"
+
+
 def _check_stage(name: str | None, option: str) -> None:
     if name is not None and name not in _BY_NAME:
         raise UserError(f"{option} must name a stage: {', '.join(STAGE_NAMES)} (got {name!r})")
@@ -243,6 +220,8 @@ def run_pipeline(
     hashes = stage_hashes(cfg)
     manifest = read_manifest(run_dir)
     records = manifest["stages"]
+    for line in _source_lines(hashes, records):
+        echo(line)
     adopted = adopt_legacy_records(records, cfg, hashes)
     if adopted:
         echo(f"[manifest] {adopted} stage record(s) of aesipe 0.1 adopted: same settings, nothing redone")
@@ -260,17 +239,35 @@ def run_pipeline(
             continue
         if record is not None and (not up_to_date or stage.name in forced):
             _remove_outputs(run_dir, list(dict.fromkeys([*record.get("outputs", []), *outputs])))
-            echo(f"[{stage.name}] {'redone' if stage.name in forced else 'config changed'}: old outputs removed")
+            echo(f"[{stage.name}] {'redone' if stage.name in forced else _why_redone(record, hashes[stage.name])}: "
+                 "old outputs removed")
         elif record is not None and record.get("status") == "running":
             echo(f"[{stage.name}] resuming an interrupted run")
         echo(f"[{stage.name}] running")
         records[stage.name] = {**hashes[stage.name], "schema": SCHEMA_VERSION, "status": "running", "outputs": outputs,
                                "started": _now()}
         _write_manifest(run_dir, manifest)
-        metrics = stage.run(cfg)
+        metrics = run_stage(stage, cfg)
         records[stage.name].update(status="done", finished=_now(), **({"metrics": metrics} if metrics else {}))
         _write_manifest(run_dir, manifest)
     return manifest
+
+
+def _source_lines(hashes: dict[str, dict], records: dict[str, dict]) -> list[str]:
+    """One line per source that changed since the recorded run: which stages read it (they, and what
+    depends on them, are redone)."""
+    lines = []
+    for name in SOURCES:
+        readers = [s.name for s in STAGES if s.name in records and records[s.name].get("inputs", {}).get(name)
+                   != hashes[s.name]["inputs"].get(name)]
+        if readers:
+            lines.append(f"[{name}] changed: {', '.join(readers)} read them, so they and what depends on them are redone")
+    return lines
+
+
+def run_stage(stage: Stage, cfg: RunConfig) -> dict:
+    """Run one stage; returns its metrics (the evaluations' mIoU and split)."""
+    return stage.run(cfg)
 
 
 def summary_lines(manifest: dict[str, Any]) -> list[str]:

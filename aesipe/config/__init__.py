@@ -13,13 +13,13 @@ from .loading import (
     load_config,
     merge,
     parse_overrides,
-    read_config,
     save_config,
     to_dict,
 )
 from .schema import (
     PAPER_LR,
     REFERENCE_LR,
+    RUNTIME_ONLY_FIELDS,
     SCHEMA_VERSION,
     CamConfig,
     CorrectionsConfig,
@@ -39,8 +39,9 @@ from .schema import (
 
 __all__ = [
     "ConfigError", "FieldError", "config_hash", "from_dict", "load_config", "merge", "parse_overrides",
-    "read_config", "save_config", "to_dict",
-    "PAPER_LR", "REFERENCE_LR", "SCHEMA_VERSION", "CamConfig", "CorrectionsConfig", "CrfConfig", "DataConfig", "IrLabelConfig",
+    "save_config", "to_dict",
+    "PAPER_LR", "REFERENCE_LR", "RUNTIME_ONLY_FIELDS", "SCHEMA_VERSION", "CamConfig", "CorrectionsConfig", "CrfConfig",
+    "DataConfig", "IrLabelConfig",
     "IrnConfig", "ModelConfig", "RandomWalkConfig", "RunConfig", "RuntimeConfig", "SegConfig", "SolverConfig",
     "TrainConfig", "run_config_from_saved",
 ]

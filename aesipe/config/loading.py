@@ -238,10 +238,6 @@ def save_config(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(Path(path), tomli_w.dumps(_without_none(to_dict(obj))).encode())
 
 
-def read_config(cls: type[T], path: str | Path) -> T:
-    return from_dict(cls, tomllib.loads(Path(path).read_text()))
-
-
 def config_hash(obj: Any) -> str:
     """Stable short hash of a config (or any section of one) for run manifests."""
     blob = json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True)

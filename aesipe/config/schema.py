@@ -22,8 +22,12 @@ from .sections_review import CorrectionsConfig
 
 __all__ = ["CamConfig", "CorrectionsConfig", "CrfConfig", "DataConfig", "IrLabelConfig", "IrnConfig", "ModelConfig", "RandomWalkConfig",
            "RunConfig", "RuntimeConfig", "SegConfig", "SolverConfig", "TrainConfig", "PAPER_LR", "REFERENCE_LR",
+           "RUNTIME_ONLY_FIELDS",
            "SCHEMA_VERSION", "read_run_config", "run_config_from_saved"]
 
+RUNTIME_ONLY_FIELDS = frozenset({"workers", "device", "log_every", "checkpoint_every"})
+"""Fields (of any section) that change how fast or where a stage runs, never what it makes: the pipeline's
+manifest does not redo a stage for them."""
 PAPER_LR = 0.01
 """Backbone lr of the paper (new layers x10) with momentum 0.9: about the effective step of the code."""
 REFERENCE_LR = 0.1

@@ -26,6 +26,7 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from aesipe.checkpoints import load_torch_file
 from aesipe.utils.errors import UserError
 
 BackboneName = Literal["resnet50", "resnet101", "mobilenet_v2"]
@@ -152,13 +153,7 @@ def load_state_dict_file(module: nn.Module, path: str | Path, to_module_keys, wh
     ``to_module_keys(state_dict) -> state_dict`` maps torchvision's names to the module's (dropping the
     ImageNet head). Every module key must be filled and every kept file key used; BatchNorm's
     ``num_batches_tracked`` counters may be absent. Problems end as one ``UserError`` line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pretrained weights not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read pretrained weights {path}: {type(exc).__name__}") from None
+    raw = load_torch_file(path, "pretrained weights")
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict):

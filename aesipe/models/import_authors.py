@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from aesipe.checkpoints import load_torch_file
 from aesipe.utils.errors import UserError
 
 # authors' prefix -> our prefix (longest match wins)
@@ -69,13 +70,7 @@ class ImportReport:
 
 
 def read_authors_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read {path}: {type(exc).__name__}: {exc}", 1) from None
+    raw = load_torch_file(path, "checkpoint")
     if isinstance(raw, dict) and isinstance(raw.get("net"), dict):
         raw = raw["net"]
     elif isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):

@@ -91,8 +91,7 @@ def legacy_pipeline(legacy_run, tmp_path, monkeypatch):
     generate(tmp_path / "data" / "synth", 4, 2, 32, 0, 3, progress=False)
     _fake_outputs(legacy_run, json.loads((legacy_run / "manifest.json").read_text()))
     ran: list[str] = []
-    stages = tuple(dataclasses.replace(s, run=lambda cfg, name=s.name: ran.append(name) or {}) for s in pipeline.STAGES)
-    monkeypatch.setattr(pipeline, "STAGES", stages)
+    monkeypatch.setattr(pipeline, "run_stage", lambda stage, cfg: ran.append(stage.name) or {})
     return pipeline, ran, dataclasses.replace(read_run_config(legacy_run / "config.toml"), run_dir=str(legacy_run))
 
 

@@ -1,8 +1,11 @@
 """The pipeline and the demo, run for real at toy size: manifest, skipping, changed config, resume, errors."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -16,16 +19,63 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
 
 
+_NOT_A_USE = ("dataclasses", "copy", "copyreg", "pickle")
+"""Modules whose reads of a config are not a stage using the value: copying, comparing, serialising (the
+schema's own code, ``aesipe.config.*``, is left out too: validation and ``to_dict`` for checkpoints)."""
+
+
+def _recording(cfg, reads: dict[str, set], current: list):
+    """A copy of the run config whose sections add every field read to ``reads[current[0]]``, as
+    ``section.field`` (copies made with ``dataclasses.replace`` keep recording; a pickled copy, for a worker
+    process, is a plain one)."""
+
+    def section(value, prefix: str):
+        cls, names = type(value), {f.name for f in dataclasses.fields(value)}
+
+        def getattribute(self, name):
+            if name in names and current[0]:
+                caller = sys._getframe(1).f_globals.get("__name__", "")
+                if not (caller.startswith(_NOT_A_USE) or caller.startswith("aesipe.config")):
+                    reads.setdefault(current[0], set()).add(prefix + name)
+            return object.__getattribute__(self, name)
+
+        def reduce(self):
+            return functools.partial(cls, **{n: object.__getattribute__(self, n) for n in names}), ()
+
+        recording = type(f"Recording{cls.__name__}", (cls,), {"__getattribute__": getattribute, "__reduce__": reduce})
+        return recording(**{n: getattr(value, n) for n in names})
+
+    return dataclasses.replace(cfg, **{f.name: section(getattr(cfg, f.name), f"{f.name}.")
+                                       for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))})
+
+
 @pytest.fixture(scope="module")  # every test using it is marked slow: it trains three networks
 def demo_out(tmp_path_factory, tiny_overrides, tiny_synth):
-    """One toy demo run (every stage, export and labelling) shared by this module's tests."""
+    """One toy demo run (every stage, export and labelling) shared by this module's tests; ``reads.json``
+    records the config fields each stage read."""
+    from aesipe.train import pipeline
     from aesipe.train.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
     lines: list[str] = []
-    run_demo(out, overrides=tiny_overrides, synth=tiny_synth, echo=lines.append, export=False,
-             init_steps=2, progress=False)
+    reads: dict[str, set] = {}
+    real_run_stage = pipeline.run_stage
+
+    def recording_run_stage(stage, cfg):
+        current = [stage.name]
+        try:
+            return real_run_stage(stage, _recording(cfg, reads, current))
+        finally:
+            current[0] = None  # copies kept by a stage (none should be) stop recording
+
+    pipeline.run_stage = recording_run_stage
+    try:
+        run_demo(out, overrides=tiny_overrides, synth=tiny_synth, echo=lines.append, export=False,
+                 init_steps=2, progress=False)
+    finally:
+        pipeline.run_stage = real_run_stage
     (out / "demo_output.txt").write_text("\n".join(lines))
+    (out / "reads.json").write_text(json.dumps({k: sorted(v) for k, v in reads.items()}))
     return out
 
 
@@ -52,6 +102,45 @@ def test_demo_runs_every_stage_and_reports(demo_out):
     assert len(list((demo_out / "run" / "seg_labels" / "train").glob("*.png"))) == 10
     text = (demo_out / "demo_output.txt").read_text()
     assert "mIoU by stage" in text and "DeepLabV3" in text and "random-walk pseudo-labels" in text
+
+
+@pytest.mark.slow  # demo_out trains three networks
+def test_each_stage_declares_what_it_reads(demo_out):
+    """A stage that reads a config field neither its ``@reads`` nor an ancestor's names (so its manifest key
+    does not hash it) would keep stale outputs when that field changes; a part a stage declares that its run
+    does not read would redo work for nothing."""
+    from aesipe.config import RUNTIME_ONLY_FIELDS
+    from aesipe.config.schema import read_run_config
+    from aesipe.train.pipeline import STAGES, hashed_reads
+
+    cfg = read_run_config(demo_out / "run" / "config.toml")
+    reads = {stage: set(fields) for stage, fields in json.loads((demo_out / "reads.json").read_text()).items()}
+    assert set(reads) == {stage.name for stage in STAGES}, "every stage ran and read its config"
+    own = {stage.name: stage.reads(cfg) for stage in STAGES}
+    for stage in STAGES:
+        hashed = set(hashed_reads(stage.name, own))
+        used = {r for r in reads[stage.name] if r.split(".")[1] not in RUNTIME_ONLY_FIELDS}
+        undeclared = sorted(r for r in used if r not in hashed and r.split(".")[0] not in hashed)
+        assert not undeclared, f"{stage.name} reads {undeclared}, which its key does not hash"
+        unread = sorted(d for d in own[stage.name] if not any(r == d or r.startswith(d + ".") for r in used))
+        assert not unread, f"{stage.name} declares {unread} but its run does not read them"
+
+
+def test_the_reads_recorder_sees_what_a_stage_reads_and_nothing_else():
+    """The instrument of the test above: a field read by stage code is recorded under the stage; copying,
+    comparing and serialising the config are not reads."""
+    from aesipe.config import RunConfig, to_dict
+
+    reads, current = {}, ["s"]
+    cfg = _recording(RunConfig(), reads, current)
+    _ = cfg.cam.scales, cfg.seg.lr
+    copy = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, flip=False))
+    _ = copy.cam.map
+    to_dict(cfg), dataclasses.asdict(cfg.crf), cfg == copy
+    assert reads == {"s": {"cam.scales", "seg.lr", "cam.map"}}
+    import pickle
+
+    assert pickle.loads(pickle.dumps(cfg.cam)) == RunConfig().cam
 
 
 @pytest.mark.slow

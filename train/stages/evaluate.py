@@ -34,6 +34,7 @@ from aesipe.utils.labelpng import IGNORE_INDEX
 from ..metrics import ConfusionMatrix, confusion_matrix, format_table
 from ..parallel import parallel_map
 from ..runconfig import save_run_config
+from . import reads
 
 MapKey = Literal["maps", "cam", "iscam", "aeiscam"]
 MAP_KEYS: tuple[str, ...] = ("maps", "cam", "iscam", "aeiscam")
@@ -172,8 +173,8 @@ def evaluate_cams(
         raise UserError(f"split {split!r} of {ds.root} has no ground-truth masks for every image: cannot evaluate")
     cams = cam_paths(cfg, ds, split)
     save_run_config(cfg)
-    ctx = _EvalContext(ds, cams, map_key, scales, crf_protocol, cfg.crf,
-                       cfg.ir_label.fg_background_scale)  # fmt: skip
+    ir_fg_scale = cfg.ir_label.fg_background_scale if crf_protocol == "ir" else None  # read only when used
+    ctx = _EvalContext(ds, cams, map_key, scales, crf_protocol, cfg.crf, ir_fg_scale)
     per_scale = [ConfusionMatrix(ds.class_names) for _ in scales]
     workers = cfg.crf.workers if crf_protocol else 1  # without a CRF the work is too light to share
     desc = f"eval-cam {split}" + (f" +CRF({crf_protocol})" if crf_protocol else "")
@@ -226,3 +227,12 @@ def save_cam_eval(cfg: RunConfig, plain: dict, with_crf: dict | None = None) -> 
     path = Path(cfg.run_dir) / EVAL_FILE
     atomic_write_text(path, json.dumps(document, indent=1) + "\n")
     return path
+
+
+@reads("cam.background_scale", "cam.sweep")
+def run_eval_cam(cfg: RunConfig) -> dict:
+    """The pipeline's ``eval-cam``: the maps at the run's background scale (and its sweep) on ``data.cam_split``."""
+    result = evaluate_cams(cfg, cfg.data.cam_split, "maps", [cfg.cam.background_scale, *cfg.cam.sweep])
+    print(describe(result))
+    save_cam_eval(cfg, result)
+    return {"miou": result["miou"], "split": cfg.data.cam_split}

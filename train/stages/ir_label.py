@@ -21,6 +21,7 @@ from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png, save_label_png
 
 from ..runconfig import save_run_config
+from . import reads
 from .evaluate import cam_dir, cam_paths, load_cam_file
 from .pseudo_labels import prepare_label_dir, write_label_pngs
 
@@ -64,7 +65,7 @@ def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = Tr
         "crf": asdict(cfg.crf) | {"workers": None, "protocol": None},
     }
     store = CorrectionStore.of_run(cfg.run_dir)
-    corrected = store.masks_for(ds) if cfg.corrections.ir_labels else {}
+    corrected = store.masks_for(ds) if len(store) and cfg.corrections.ir_labels else {}
     if corrected:  # only then: a run without corrections keeps the IR labels it made before
         settings["corrections"] = store.digest(list(corrected))
     cams = cam_paths(cfg, ds, split)
@@ -73,3 +74,10 @@ def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = Tr
     ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label, corrected)
     write_label_pngs(out_dir, ds.ids, _write_ir_label, ctx, cfg.ir_label.workers, f"ir-labels {split}", progress)
     return out_dir
+
+
+@reads("crf", "ir_label", when={"corrections.ir_labels": "corrections"})
+def run_ir_label(cfg: RunConfig) -> dict:
+    """The pipeline's ``ir-label``."""
+    make_ir_labels(cfg, cfg.data.train_split)
+    return {}

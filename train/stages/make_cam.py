@@ -34,6 +34,7 @@ from .. import checkpoint as ckpt_io
 from .. import engine
 from ..outputs import file_identity, prepare_output_dir
 from ..runconfig import save_run_config
+from . import pipeline_splits, reads
 from .evaluate import cam_dir
 from .stage1 import final_checkpoint_path
 
@@ -127,3 +128,15 @@ def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path |
         record = cam_record(maps, labels, cfg.cam.map)
         atomic_save(out_dir / f"{image_id}.npz", lambda handle, record=record: np.savez(handle, **record))
     return out_dir
+
+
+@reads("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map", "cam.pamr")
+def run_make_cam(cfg: RunConfig) -> dict:
+    """The pipeline's ``make-cam``: one pass per set of images (a folder dataset's train_aug is its train, and
+    the CAM folder is shared)."""
+    from aesipe.data import resolve_split
+
+    by_images = {resolve_split(cfg.data, split): split for split in pipeline_splits(cfg, "train", "seg", "cam")}
+    for split in by_images.values():
+        make_cams(cfg, split)
+    return {}

@@ -25,6 +25,7 @@ from .. import engine
 from ..outputs import file_identity
 from ..propagation import propagate, propagate_dense
 from ..runconfig import save_run_config
+from . import pipeline_splits, reads, seg_train_split
 from .evaluate import cam_dir, cam_paths, load_cam_file
 from .irn import irn_dir, load_irn
 from .pseudo_labels import prepare_label_dir
@@ -34,11 +35,6 @@ LABEL_DIR = "seg_labels"
 
 def seg_label_dir(cfg: RunConfig, split: str) -> Path:
     return Path(cfg.run_dir) / LABEL_DIR / split
-
-
-def seg_train_split(cfg: RunConfig) -> str:
-    """The split the segmenter trains on, hence the one make-seg-labels labels by default."""
-    return cfg.seg.train_split or cfg.data.train_split
 
 
 def walk_maps(maps: torch.Tensor, edge: torch.Tensor, rw: RandomWalkConfig) -> torch.Tensor:
@@ -105,3 +101,11 @@ def make_seg_labels(cfg: RunConfig, split: str | None = None, progress: bool = T
         labels = labels_from_walk(maps, classes, edge, cfg.random_walk)
         save_label_png(out_dir / f"{image_id}.png", labels, ds.palette)
     return out_dir
+
+
+@reads("random_walk")
+def run_make_seg_labels(cfg: RunConfig) -> dict:
+    """The pipeline's ``make-seg-labels``: the segmenter's training split and the split pseudo-labels are judged on."""
+    for split in pipeline_splits(cfg, "seg", "cam"):
+        make_seg_labels(cfg, split)
+    return {}

@@ -11,12 +11,13 @@ images, always; ``corrections.seg_repeat`` draws each of them that many times pe
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from aesipe.config import RunConfig, run_config_from_saved, to_dict
+from aesipe.config import RUNTIME_ONLY_FIELDS, RunConfig, SegConfig, run_config_from_saved, to_dict
 from aesipe.corrections import CorrectionStore
 from aesipe.models.deeplab import DeepLabV3Segmenter, build_deeplabv3
 from aesipe.utils.errors import UserError
@@ -25,8 +26,8 @@ from aesipe.utils.labelpng import IGNORE_INDEX
 from .. import checkpoint as ckpt_io
 from .. import engine, loop
 from ..runconfig import save_run_config
+from . import reads, seg_train_split
 from .irn import backbone_weights
-from .random_walk import seg_train_split
 
 STAGE_DIR = "seg"
 # Where each label source lives and which command makes it.
@@ -68,12 +69,14 @@ def train_seg(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(s.seed)
         ds = open_dataset(cfg.data, split)
-        corrected = CorrectionStore.of_run(cfg.run_dir).masks_for(ds)
+        store = CorrectionStore.of_run(cfg.run_dir)
+        corrected = store.masks_for(ds)
+        repeat = cfg.corrections.seg_repeat if len(store) else 1  # read while the run has corrections (@reads)
         dataset = SegTrainDataset(ds, labels, s.crop_size, s.scale_range, flip=True, jitter=s.color_jitter, seed=s.seed,
-                                  corrected=corrected, corrected_repeat=cfg.corrections.seg_repeat)
+                                  corrected=corrected, corrected_repeat=repeat)
         if corrected and info.is_main:
             print(f"seg: {len(corrected)} of {len(ds)} images train on their reviewed masks"
-                  + (f" (drawn {cfg.corrections.seg_repeat}x)" if cfg.corrections.seg_repeat > 1 else ""))
+                  + (f" (drawn {repeat}x)" if repeat > 1 else ""))
         model = build_deeplabv3(
             ds.num_classes, s.backbone, backbone_weights(cfg, s.backbone, s.pretrained), s.no_pretrained, s.freeze_bn
         )
@@ -104,3 +107,16 @@ def load_segmenter(cfg: RunConfig, checkpoint: str | Path | None = None) -> tupl
     model = build_deeplabv3(len(class_names) - 1, trained.seg.backbone, no_pretrained=True)
     model.load_state_dict(state["model"])
     return model.eval(), class_names
+
+
+SEG_TRAINING_FIELDS = tuple(f"seg.{f.name}" for f in fields(SegConfig)
+                            if not f.name.startswith("test_") and f.name not in RUNTIME_ONLY_FIELDS)
+"""What training the segmenter reads of its section: all but the test-time settings (``eval-seg``'s) and
+what only changes how fast it runs."""
+
+
+@reads(*SEG_TRAINING_FIELDS, "runtime.amp", when={"corrections.seg_repeat": "corrections"})
+def run_seg(cfg: RunConfig) -> dict:
+    """The pipeline's ``seg``."""
+    train_seg(cfg)
+    return {}

@@ -25,6 +25,7 @@ from aesipe.utils.labelpng import load_label_png
 from .. import engine
 from ..metrics import ConfusionMatrix, format_table
 from ..runconfig import save_run_config
+from . import reads
 from .seg import load_segmenter
 
 EVAL_FILE = "seg_eval.json"
@@ -118,3 +119,23 @@ def save_eval(cfg: RunConfig, result: dict, name: str = EVAL_FILE) -> Path:
     path = Path(cfg.run_dir) / name
     atomic_write_text(path, json.dumps({"format": "aesipe-seg-eval", "version": 1, **result}, indent=1) + "\n")
     return path
+
+
+@reads()
+def run_eval_seg_labels(cfg: RunConfig) -> dict:
+    """The pipeline's ``eval-seg-labels``: the random-walk labels of ``data.cam_split``."""
+    from .random_walk import seg_label_dir
+
+    result = evaluate_label_dir(cfg, seg_label_dir(cfg, cfg.data.cam_split), cfg.data.cam_split)
+    print(describe(result, "random-walk pseudo-labels"))
+    save_eval(cfg, result, LABEL_EVAL_FILE)
+    return {"miou": result["miou"], "split": cfg.data.cam_split}
+
+
+@reads("data.eval_split", "seg.test_scales", "seg.test_flip", "seg.test_crf", when={"crf": "seg.test_crf"})
+def run_eval_seg(cfg: RunConfig) -> dict:
+    """The pipeline's ``eval-seg``."""
+    result = evaluate_segmenter(cfg)
+    print(describe(result, "DeepLabV3"))
+    save_eval(cfg, result)
+    return {"miou": result["miou"], "split": cfg.data.eval_split}

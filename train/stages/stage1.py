@@ -17,6 +17,7 @@ from aesipe.models.aesipe_net import build_aesipe
 
 from .. import engine, loop
 from ..runconfig import save_run_config
+from . import reads
 
 STAGE_DIR = "stage1"
 
@@ -100,3 +101,10 @@ def import_authors_checkpoint(cfg: RunConfig, source: str | Path) -> tuple[Path,
         extra={"imported_from": str(Path(source).resolve())},
     )
     return ckpt_io.write_final(final_checkpoint_path(cfg), ckpt), report.summary()
+
+
+@reads("data.root", "data.kind", "data.train_split", "data.labels_csv", "model", "train", "runtime.amp")
+def run_train(cfg: RunConfig) -> dict:
+    """The pipeline's ``train`` stage."""
+    train_stage1(cfg)
+    return {}
