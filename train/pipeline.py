@@ -194,13 +194,11 @@ def _remove_outputs(run_dir: Path, outputs: list[str]) -> None:
 
 
 def _why_redone(record: dict, now: dict) -> str:
-    """What made a finished stage's key change: a source it reads (``corrections changed``), else its config or
-    an ancestor's (``config changed``)."""
+    """What made a finished stage's key change: a source it reads (``corrections changed``; the config parts read
+    only while it is present change with it), else its config or an ancestor's (``config changed``)."""
     old_inputs, new_inputs = record.get("inputs", {}), now["inputs"]
     changed = [name for name in SOURCES if old_inputs.get(name) != new_inputs.get(name)]
-    if changed and record.get("config_hash") == now["config_hash"]:
-        return " and ".join(changed) + " changed"
-    return "config changed"
+    return " and ".join(changed) + " changed" if changed else "config changed"
 
 
 def _check_stage(name: str | None, option: str) -> None:
