@@ -189,11 +189,15 @@ def main() -> None:
         results["0"] = _run_row("0", [], args, out, log)
         _save(out / "results.json", results)
     orders = _orders(args, out, log)
-    # Most telling first: the targets are at 25 and 10 (queue vs random); 50 last.
+    # Most telling first (a table cut short still answers the targets): the queue and one random draw at 25
+    # and 10, then the other draws, 50 last.
+    small = [c for c in sorted(args.counts, key=lambda c: (c != 25, c)) if c <= 25]
     plan = [("0", 0, "q")]
-    for count in sorted(args.counts, key=lambda c: (c != 25, c != 10, c)):
-        plan.append((f"q{count}", count, "q"))
-        plan += [(f"r{count}-{d}", count, f"r{d}") for d in range(1, args.draws + 1)]
+    for draw in range(0, args.draws + 1):
+        for count in small:
+            plan.append((f"q{count}", count, "q") if draw == 0 else (f"r{count}-{draw}", count, f"r{draw}"))
+    for count in (c for c in args.counts if c > 25):
+        plan += [(f"q{count}", count, "q")] + [(f"r{count}-{d}", count, f"r{d}") for d in range(1, args.draws + 1)]
     wanted = set(args.rows.split(",")) if args.rows else None
     for name, count, order in plan:
         if name in results or (wanted is not None and name not in wanted):
