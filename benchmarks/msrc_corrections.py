@@ -12,8 +12,10 @@ the 0-correction run's whole pipeline.
     python benchmarks/msrc_corrections.py --data ../shared/data/msrc21-voc \
         --weights ../shared/weights/mobilenet_v2_imagenet.pth --out runs/msrc_corrections
 
-Resumable: finished rows are kept in OUT/results.json, an interrupted row resumes where its pipeline stopped.
-``--rows q25,r25-1`` runs only those rows (q = queue, rD = random draw D; 0 = no corrections).
+Resumable: each finished row is kept in OUT/results/<row>.json, an interrupted row resumes where its pipeline
+stopped. ``--rows q25,r25-1`` runs only those rows (q = queue, rD = random draw D; 0 = no corrections);
+``--jobs 2`` runs two rows at once (each in its own process: on a crowded machine two one-thread processes
+get more done than one two-thread process).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import datetime
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -149,16 +152,52 @@ def _orders(args, out: Path, log) -> dict:
 
 def _table(results: dict, base_wall: float | None) -> str:
     lines = ["| row | corrected | segmenter val mIoU | vs 0 | pseudo-labels, train not corrected | all train | "
-             "wall (min) | vs whole pipeline | stages re-run |", "|---|---|---|---|---|---|---|---|---|"]
+             "wall (min) | its stages vs whole pipeline | stages re-run |", "|---|---|---|---|---|---|---|---|---|"]
     zero = results.get("0", {}).get("seg_val_miou")
     order = sorted(results.values(), key=lambda r: (r["corrected"], r["row"]))
     for r in order:
         delta = "" if zero is None else f"{100 * (r['seg_val_miou'] - zero):+.1f}"
-        ratio = "" if not base_wall else f"{r['wall_s'] / base_wall:.2f}"
+        stages = sum(r["stage_s"].values())  # the stages the row ran, as the base's whole pipeline is counted
+        ratio = "" if not base_wall else f"{stages / base_wall:.2f}"
         lines.append(f"| {r['row']} | {r['corrected']} | {100 * r['seg_val_miou']:.1f} | {delta} | "
                      f"{100 * r['labels_train_miou_uncorrected']:.1f} | {100 * r['labels_train_miou_all']:.1f} | "
                      f"{r['wall_s'] / 60:.1f} | {ratio} | {', '.join(r['stages_run'])} |")
     return "\n".join(lines)
+
+
+def _plan(args) -> list[tuple[str, int, str]]:
+    """(row, corrected images, order) with the most telling first, so a table cut short still answers the
+    targets: the queue and one random draw at 25 and 10, then the other draws, 50 last."""
+    small = [c for c in sorted(args.counts, key=lambda c: (c != 25, c)) if c <= 25]
+    plan = [("0", 0, "q")]
+    for draw in range(0, args.draws + 1):
+        for count in small:
+            plan.append((f"q{count}", count, "q") if draw == 0 else (f"r{count}-{draw}", count, f"r{draw}"))
+    for count in (c for c in args.counts if c > 25):
+        plan += [(f"q{count}", count, "q")] + [(f"r{count}-{d}", count, f"r{d}") for d in range(1, args.draws + 1)]
+    wanted = set(args.rows.split(",")) if args.rows else None
+    return [row for row in plan if wanted is None or row[0] in wanted]
+
+
+def _claim(out: Path, name: str) -> bool:
+    """Take a row for this process (rows run in ``--jobs`` worker processes at once)."""
+    try:
+        os.close(os.open(out / "results" / f"{name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _work(args, out: Path, log) -> None:
+    """Run every planned row that no other worker has taken; each row's result is its own file."""
+    orders = _orders(args, out, log)
+    for name, count, order in _plan(args):
+        if (out / "results" / f"{name}.json").is_file() or not _claim(out, name):
+            continue
+        result = _run_row(name, orders[order][:count], args, out, log)
+        _save(out / "results" / f"{name}.json", result)
+        (out / "results" / f"{name}.claim").unlink()
+        log(f"[{name}] seg val mIoU {100 * result['seg_val_miou']:.1f}")
 
 
 def main() -> None:
@@ -169,12 +208,14 @@ def main() -> None:
     parser.add_argument("--counts", default="10,25,50", help="corrected images per row (besides 0)")
     parser.add_argument("--draws", type=int, default=3, help="random draws per count")
     parser.add_argument("--rows", default=None, help="only these rows, e.g. 0,q25,r25-1 (default: all, most telling first)")
+    parser.add_argument("--jobs", type=int, default=1, help="rows run at once, each in its own process (after row 0)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help="extra config override for every row")
     args = parser.parse_args()
     args.counts = [int(c) for c in args.counts.split(",")]
     args.data, args.weights = args.data.resolve(), args.weights.resolve()
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "results").mkdir(parents=True, exist_ok=True)
     log_file = open(out / "log.txt", "a")
 
     def log(line: str) -> None:
@@ -183,28 +224,21 @@ def main() -> None:
         log_file.write(f"{stamp} {line}\n")
         log_file.flush()
 
-    results = _load(out / "results.json", {})
+    if args.worker:
+        return _work(args, out, log)
     log(f"load before: {os.getloadavg()}")
-    if "0" not in results:
-        results["0"] = _run_row("0", [], args, out, log)
-        _save(out / "results.json", results)
-    orders = _orders(args, out, log)
-    # Most telling first (a table cut short still answers the targets): the queue and one random draw at 25
-    # and 10, then the other draws, 50 last.
-    small = [c for c in sorted(args.counts, key=lambda c: (c != 25, c)) if c <= 25]
-    plan = [("0", 0, "q")]
-    for draw in range(0, args.draws + 1):
-        for count in small:
-            plan.append((f"q{count}", count, "q") if draw == 0 else (f"r{count}-{draw}", count, f"r{draw}"))
-    for count in (c for c in args.counts if c > 25):
-        plan += [(f"q{count}", count, "q")] + [(f"r{count}-{d}", count, f"r{d}") for d in range(1, args.draws + 1)]
-    wanted = set(args.rows.split(",")) if args.rows else None
-    for name, count, order in plan:
-        if name in results or (wanted is not None and name not in wanted):
-            continue
-        results[name] = _run_row(name, orders[order][:count], args, out, log)
-        _save(out / "results.json", results)
-        log(f"[{name}] seg val mIoU {100 * results[name]['seg_val_miou']:.1f}")
+    for stale in (out / "results").glob("*.claim"):  # claims of workers a killed run left
+        stale.unlink()
+    if not (out / "results" / "0.json").is_file():
+        _save(out / "results" / "0.json", _run_row("0", [], args, out, log))
+    _orders(args, out, log)
+    if args.jobs > 1:
+        workers = [subprocess.Popen([sys.executable, *sys.argv, "--worker"]) for _ in range(args.jobs)]
+        if any(worker.wait() for worker in workers):
+            log("a worker failed: see above; a re-run resumes")
+    else:
+        _work(args, out, log)
+    results = {p.stem: json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))}
     base_manifest = json.loads((out / "base" / "manifest.json").read_text())["stages"]
     base_wall = sum(_seconds(r) for r in base_manifest.values() if r.get("finished"))
     print(f"\nwhole pipeline of the 0-correction run: {base_wall / 60:.1f} min (stage by stage, from its manifest)")
