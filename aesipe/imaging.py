@@ -15,6 +15,7 @@ for its own reads.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -67,8 +68,13 @@ class DecodedImage:
     """(height, width) after EXIF orientation: the size the label map is written at."""
 
 
+def is_image_name(name: str) -> bool:
+    """A file name aesipe reads as an image: an image suffix, not hidden."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return is_image_name(Path(path).name)
 
 
 def strip_image_suffix(name: str) -> str:

@@ -71,7 +71,7 @@ def run_samples(cfg, class_names: Sequence[str], calibration: Path | None, count
     if calibration is not None:
         from aesipe.infer.inputs import resolve_inputs
 
-        images = [image.path for image in resolve_inputs(calibration)]
+        images = [Path(image.path) for image in resolve_inputs(calibration)]
         if len(images) < 2:
             raise UserError(f"--calibration {calibration} holds {len(images)} image(s): give at least 2")
         half = max(1, len(images) // 2)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from aesipe.checkpoints import KIND_NAMES, read_checkpoint
+from aesipe.checkpoint_format import KIND_NAMES, read_checkpoint
 from aesipe.config import RunConfig, run_config_from_saved
 from aesipe.config.schema import read_run_config
 from aesipe.utils.errors import UserError

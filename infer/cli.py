@@ -28,7 +28,7 @@ def _listed(name: str) -> str:
     return ",".join(str(v) for v in DEFAULTS[name])
 
 
-@app.command(help="Label every image INPUT names into OUTPUT/masks/ (palette PNGs of class indices, the "
+@app.command(no_args_is_help=True, help="Label every image INPUT names into OUTPUT/masks/ (palette PNGs of class indices, the "
                   "input's size) and write OUTPUT/report.json. A re-run keeps the masks that the same model, settings "
                   "and tags made and redoes the others.")
 @user_errors(PROG)
@@ -41,12 +41,12 @@ def label(
     output: Annotated[Path, typer.Argument(metavar="OUTPUT", show_default=False,
                                            help="Output folder (never read as input, even inside INPUT).")],
     overlay: Annotated[bool, typer.Option(help=_help("overlay"))] = DEFAULTS["overlay"],
-    tags: Annotated[Optional[Path], typer.Option(help=_help("tags_csv", "Required by pseudo-labellers."))] = DEFAULTS["tags_csv"],
-    crf: Annotated[bool, typer.Option(help=_help("crf", "pip install 'aesipe[crf]'."))] = DEFAULTS["crf"],
+    tags: Annotated[Optional[Path], typer.Option(help=_help("tags_csv", "Pseudo-labellers need it."))] = DEFAULTS["tags_csv"],
+    crf: Annotated[bool, typer.Option(help=_help("crf", "Needs pip install 'aesipe[crf]'."))] = DEFAULTS["crf"],
     batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = DEFAULTS["batch_size"],
     device: Annotated[str, typer.Option(help=_help("device"))] = DEFAULTS["device"],
-    half: Annotated[bool, typer.Option(help=_help("half", "(export with aesipe-export --half)."))] = DEFAULTS["half"],
-    scales: Annotated[str, typer.Option(help=_help("scales", "e.g. 1.0,0.75; a pseudo-labeller runs its run's "
+    half: Annotated[bool, typer.Option(help=_help("half", "Export it with aesipe-export --half."))] = DEFAULTS["half"],
+    scales: Annotated[str, typer.Option(help=_help("scales", "E.g. 1.0,0.75; a pseudo-labeller runs its run's "
                                                              "scales inside the graph."))] = _listed("scales"),
     flip: Annotated[bool, typer.Option(help=_help("flip"))] = DEFAULTS["flip"],
     overwrite: Annotated[bool, typer.Option(help=_help("overwrite"))] = DEFAULTS["overwrite"],
@@ -54,23 +54,23 @@ def label(
     max_side: Annotated[int, typer.Option(help=_help("max_side"))] = DEFAULTS["max_side"],
     threads: Annotated[Optional[int], typer.Option(help=_help("threads"))] = DEFAULTS["threads"],
     streams: Annotated[Optional[int], typer.Option(help=_help("streams"))] = DEFAULTS["streams"],
-    confidence: Annotated[bool, typer.Option(help=_help("confidence", "(OUTPUT/confidence/: 8-bit maps of the "
-                                                                      "written class's probability)."))] = DEFAULTS["confidence"],
+    confidence: Annotated[bool, typer.Option(help=_help("confidence", "The maps are 8-bit PNGs in OUTPUT/confidence/: "
+                                                                      "the written class's probability."))] = DEFAULTS["confidence"],
     output_format: Annotated[str, typer.Option("--format", help=_help("formats", "coco: OUTPUT/annotations.json (RLE; "
                                                                       "pip install 'aesipe[coco]'); cvat: Segmentation mask "
                                                                       "1.1; labelstudio: OUTPUT/labelstudio_tasks.json with "
                                                                       "the masks as pre-annotations and "
-                                                                      "labelstudio_config.xml (implies --confidence); "
-                                                                      "comma-separated for several."))] = _listed("formats"),
+                                                                      "labelstudio_config.xml (implies --confidence). "
+                                                                      "Comma-separated for several."))] = _listed("formats"),
     image_root: Annotated[Optional[str], typer.Option(help=_help("image_root"), metavar="URL")] = DEFAULTS["image_root"],
     reviewed: Annotated[Optional[Path], typer.Option(help=_help("reviewed"), metavar="DIR")] = DEFAULTS["reviewed"],
     sheet: Annotated[bool, typer.Option(help=_help("sheet"))] = DEFAULTS["sheet"],
     tile: Annotated[Optional[int], typer.Option(help=_help("tile"), metavar="SIZE")] = DEFAULTS["tile"],
     tile_overlap: Annotated[Optional[float], typer.Option(help=_help("tile_overlap"), metavar="F")] = DEFAULTS["tile_overlap"],
-    classes: Annotated[Optional[str], typer.Option(help=_help("classes", "e.g. cat,dog."))] = DEFAULTS["classes"],
-    engine: Annotated[str, typer.Option(help=_help("engine", "pip install 'aesipe[ray]'; OUTPUT must be a path "
+    classes: Annotated[Optional[str], typer.Option(help=_help("classes", "E.g. cat,dog."))] = DEFAULTS["classes"],
+    engine: Annotated[str, typer.Option(help=_help("engine", "Ray needs pip install 'aesipe[ray]' and an OUTPUT "
                                                              "every node sees."))] = DEFAULTS["engine"],
-    ray_address: Annotated[Optional[str], typer.Option(help=_help("ray_address", "e.g. auto, HOST:6379, "
+    ray_address: Annotated[Optional[str], typer.Option(help=_help("ray_address", "E.g. auto, HOST:6379, "
                                                                                  "ray://HOST:10001."))] = DEFAULTS["ray_address"],
     actors: Annotated[Optional[int], typer.Option(help=_help("actors"))] = DEFAULTS["actors"],
     version: version_option(PROG) = None,

@@ -1,17 +1,22 @@
-"""What made a mask, so a re-run never hands back a mask made by something else.
+"""What made a mask, so a re-run never hands back a mask made by something else, or of another image.
 
-Every mask ``aesipe-label`` writes carries, in a PNG text chunk, the record of what made it: the model
-file's content hash, every option that changes a mask (test-time scales, flip, CRF, the size cap, tiling,
-class restriction), the image's tags for a pseudo-labeller, and the input image's size and modification
-time. A re-run keeps a mask only when that record equals what it would use now; otherwise it redoes the
-mask and says why. The record travels inside the mask, so an interrupted run's finished masks are kept
-even when its report.json was never written. Options that change only speed or where it runs (batch
-size, workers, threads, device) are not part of it.
+Every mask ``aesipe-label`` writes carries, in a PNG text chunk, the record of what made it: the model file's
+content hash, every setting that changes a mask (``LabelSettings.mask_record``), the image's tags for a
+pseudo-labeller, and the image itself: its size, modification and change times, inode and the SHA-256 of its
+bytes. A re-run keeps a mask only when that record equals what it would use now, and otherwise redoes it and
+says why. The record travels inside the mask, so an interrupted run's finished masks are kept even when its
+report.json was never written. Settings that change only speed or where it runs are not part of it.
+
+Same image, cheaply: the file's status (size, mtime, ctime, inode) is compared first; only when it differs is
+the file read and hashed (~0.6 GB/s here). Replacing an image by another of the same size and mtime (an
+archive extracted with fixed timestamps) changes its ctime and inode, which no user can set, so it is hashed
+and found out; a folder copied elsewhere (new ctimes, same bytes) is hashed once per image and kept.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +24,29 @@ from aesipe.utils.labelpng import read_png_text
 
 TEXT_KEY = "aesipe:made-with"
 _CHUNK = 1 << 20
+_STATUS = ("size", "mtime_ns", "ctime_ns", "inode")
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (first 16 hex digits): a re-exported model is another model."""
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """SHA-256 of a file's bytes (the first ``length`` hex digits)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:length]
 
 
-def made_with(model: str, options: dict[str, Any], tags: tuple[int, ...] | None, image: Path) -> dict[str, Any]:
-    """The record of what makes this image's mask now."""
-    stat = image.stat()
-    return {"model": model, "options": options, "tags": None if tags is None else list(tags),
-            "image": [stat.st_size, stat.st_mtime_ns]}
+def image_identity(path: str | Path, content: str | None = None) -> dict[str, Any]:
+    """The image as a mask's record holds it (``content``: its ``file_digest(path, 32)``, if already made)."""
+    status = os.stat(path)
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "ctime_ns": status.st_ctime_ns,
+            "inode": status.st_ino, "sha256": content or file_digest(path, 32)}
+
+
+def made_with(model: str, options: dict[str, Any], tags: tuple[int, ...] | None,
+              image: dict[str, Any] | None) -> dict[str, Any]:
+    """The record of what makes a mask now (``image``: ``image_identity``; None while only comparing)."""
+    return {"model": model, "options": options, "tags": None if tags is None else list(tags), "image": image}
 
 
 def encode(record: dict[str, Any]) -> dict[str, str]:
@@ -56,8 +68,9 @@ def digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def why_stale(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
-    """None if the mask is still valid, else the reason it is not (for the console and the report)."""
+def why_stale(old: dict[str, Any] | None, new: dict[str, Any], image: Path) -> str | None:
+    """None if the mask ``old`` describes is still valid for ``new`` (``made_with`` without the image) and the
+    image file at ``image``, else the reason it is not (for the console and the report)."""
     if old is None:
         return "made by an unknown run"
     if old.get("model") != new["model"]:
@@ -68,6 +81,17 @@ def why_stale(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
         return "other " + "/".join(changed)
     if old.get("tags") != new["tags"]:
         return "other tags"
-    if old.get("image") != new["image"]:
+    return _image_changed(old.get("image"), image)
+
+
+def _image_changed(recorded: Any, image: Path) -> str | None:
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
+        return "made without a check of the image's content (an earlier aesipe)"
+    status = os.stat(image)
+    now = {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "ctime_ns": status.st_ctime_ns,
+           "inode": status.st_ino}
+    if all(recorded.get(key) == now[key] for key in _STATUS):
+        return None
+    if recorded.get("size") != now["size"] or file_digest(image, 32) != recorded["sha256"]:
         return "the image changed"
-    return None
+    return None  # the same bytes in a new file (a copied or restored folder)

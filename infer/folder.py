@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from aesipe.utils.errors import UserError
+
 from . import reviewed
 from .gathered import gather_outputs
 from .job import LabelJob, open_job, plan_job
 from .labeler import Labeler
-from .layout import REPORT_FILE
+from .layout import REPORT_FILE, OutputLock
 from .report import Report
 from .settings import LabelSettings
+from .steps import is_machine_fault
 
 FAILURES_SHOWN = 5
 
@@ -75,6 +78,18 @@ def label_folder(model_path: str | Path, input_spec: str | Path, output_dir: str
     job, labeler, tasks = open_job(model_path, input_spec, output_dir, settings, engine.open_labeler, log)
     for warning in engine.warnings(job, labeler):
         log(f"warning: {warning}")
+    try:
+        with OutputLock(job.output_dir):
+            return _run(job, labeler, tasks, engine, progress, log)
+    except OSError as exc:
+        if not is_machine_fault(exc):
+            raise
+        raise UserError(f"writing into {job.output_dir} failed: {exc.strerror or exc}; the masks already written "
+                        "are kept and a re-run resumes once the disk is fixed", exit_code=1) from None
+
+
+def _run(job: LabelJob, labeler: Labeler, tasks: list, engine, progress: bool, log: Callable[[str], None]) -> Report:
+    """The job on a locked OUTPUT: clean up after a killed run, plan, label, report, gather."""
     report = Report.load_previous(job.layout.file(REPORT_FILE), {task.rel for task in tasks})
     job.layout.remove_temporaries()
     for_model, to_copy = reviewed.split_tasks(job, tasks, report)
@@ -83,10 +98,10 @@ def label_folder(model_path: str | Path, input_spec: str | Path, output_dir: str
     try:
         reviewed.write_reviewed(job, to_copy, report, log)
         engine.run(job, labeler, plan, report, stats, progress, log)
-    finally:  # also on Ctrl-C: the report says what was finished
+    finally:  # also on Ctrl-C or a full disk: the report says what was finished, if it can be written
         report.summary = summarise(job, labeler, report, stats, time.perf_counter() - started,
                                    interrupted=stats.processed < len(plan.todo))
-        report.write()
+        _write_report(report, log)
     gathered = gather_outputs(job, tasks, report)
     if gathered:
         log("wrote " + ", ".join(str(path) for path in gathered))
@@ -95,13 +110,24 @@ def label_folder(model_path: str | Path, input_spec: str | Path, output_dir: str
     return report
 
 
+def _write_report(report: Report, log: Callable[[str], None]) -> None:
+    try:
+        report.write()
+    except OSError as exc:
+        if not is_machine_fault(exc):
+            raise
+        log(f"{report.path} could not be written ({exc.strerror}); every mask records what made it, so a re-run "
+            "resumes without it")
+        raise
+
+
 def summarise(job: LabelJob, labeler: Labeler, report: Report, stats: RunStats, seconds: float,
               interrupted: bool) -> dict:
     """The report's summary: the model, the settings (whole, and what they came to), what this run did."""
     return {
         "model": str(job.model_path), "model_sha256_16": job.model_id, "model_kind": job.info.model_kind,
         "providers": labeler.providers, "provider_fallback": labeler.fallback,
-        "processed_this_run": stats.processed, "resumed": sum(1 for r in report.images.values() if r.get("resumed")),
+        "processed_this_run": stats.processed, "resumed": report.resumed,
         "seconds": round(seconds, 3),
         "images_per_second": round(stats.processed / seconds, 3) if seconds > 0 and stats.processed else None,
         "stage_busy_seconds": {k: round(v, 3) for k, v in stats.seconds.items()},
@@ -114,8 +140,8 @@ def summarise(job: LabelJob, labeler: Labeler, report: Report, stats: RunStats, 
 
 def failure_lines(report: Report) -> list[str]:
     """The first few failures with their reasons, then a count (for the console)."""
-    failed = [(rel, r.get("reason", "")) for rel, r in sorted(report.images.items()) if r.get("status") == "failed"]
-    lines = [f"failed: {rel}: {reason}" for rel, reason in failed[:FAILURES_SHOWN]]
+    failed = sorted(rel for rel, status in report.statuses() if status == "failed")
+    lines = [f"failed: {rel}: {report.images[rel].get('reason', '')}" for rel in failed[:FAILURES_SHOWN]]
     if len(failed) > FAILURES_SHOWN:
         lines.append(f"... and {len(failed) - FAILURES_SHOWN} more failures (see {report.path})")
     return lines

@@ -90,12 +90,12 @@ def write_review(path: Path, rows: list[dict]) -> None:
 def gather_outputs(job: LabelJob, tasks: Sequence[ImageTask], report: Report) -> list[Path]:
     """The whole-job outputs the settings ask for, from the masks on disk and ``report``; returns them."""
     s, layout, classes = job.settings, job.layout, job.info.classes
+    if not ("coco" in s.formats or "cvat" in s.formats or s.confidence or s.sheet):
+        return []
     palette = padded_palette(job.info.palette)
-    done = []
-    for task in tasks:
-        record = report.images.get(task.rel, {})
-        if record.get("status") == "ok" and layout.mask(task.name).is_file():
-            done.append((task, record))
+    statuses = dict(report.statuses())
+    done = [(task, report.images[task.rel]) for task in tasks
+            if statuses.get(task.rel) == "ok" and layout.mask(task.name).is_file()]
     written: list[Path] = []
     if "coco" in s.formats:  # one mask in memory at a time
         entries = ((task.rel, load_label_png(layout.mask(task.name))) for task, _ in done)
@@ -127,7 +127,7 @@ def gather_outputs(job: LabelJob, tasks: Sequence[ImageTask], report: Report) ->
             overlay, confidence = layout.overlay(task.name), layout.confidence(task.name)
             entries.append(SheetEntry(task.rel, Path(task.path), layout.mask(task.name), record,
                                       overlay if overlay.is_file() else None, confidence if confidence.is_file() else None))
-        failed = [(rel, r.get("reason", "")) for rel, r in sorted(report.images.items()) if r.get("status") == "failed"]
+        failed = [(rel, report.images[rel].get("reason", "")) for rel in sorted(statuses) if statuses[rel] == "failed"]
         names = {task.rel: task.name + ".png" for task, _ in done}
         title = f"aesipe-label: {job.model_path.name} on {job.input_spec}"
         written.append(write_sheet(layout.root, entries, failed, classes, palette, names, title))

@@ -48,9 +48,11 @@ class LabelJob:
     def layout(self) -> OutputLayout:
         return OutputLayout(self.output_dir)
 
-    def expected(self, task: ImageTask) -> dict:
-        """The record a mask of ``task`` made now would carry (``fingerprint.py``)."""
-        return fingerprint.made_with(self.model_id, self.settings.mask_record(), task.tags, Path(task.path))
+    def made_with(self, task: ImageTask, content: str | None = None) -> dict:
+        """The record a mask of ``task`` made now carries (``fingerprint.py``); without the image's ``content``
+        digest, the part that is compared before the image is looked at."""
+        image = fingerprint.image_identity(task.path, content) if content else None
+        return fingerprint.made_with(self.model_id, self.settings.mask_record(), task.tags, image)
 
     def companions_missing(self, task: ImageTask) -> list[str]:
         """The per-image outputs the settings ask for that a mask on disk lacks: ``confidence`` (needs the
@@ -129,9 +131,10 @@ def open_job(model_path: str | Path, input_spec: str | Path, output_dir: str | P
         log(f"warning: --tags {settings.tags_csv} is not used: this model is a segmenter, which labels every class "
             "it knows without tags")
         tags = None
-    names = assign_names(str(image.rel) for image in images)
-    tasks = [ImageTask(str(image.rel), os.path.abspath(image.path), names[str(image.rel)],
+    names = assign_names(image.rel for image in images)
+    tasks = [ImageTask(image.rel, os.path.abspath(image.path), names[image.rel],
                        tags.lookup(image.rel) if tags is not None else None) for image in images]
+    del images  # the tasks hold what is needed; at a million images every byte per image counts
     output_dir.mkdir(parents=True, exist_ok=True)
     model_path = Path(os.path.abspath(model_path))
     job = LabelJob(model_path, fingerprint.file_digest(model_path), info, output_dir, settings, str(input_spec))
@@ -148,7 +151,7 @@ def plan_job(job: LabelJob, tasks: list[ImageTask], report: Report) -> Plan:
             plan.todo.append(task)
             continue
         try:
-            why = fingerprint.why_stale(fingerprint.read(mask), job.expected(task))
+            why = fingerprint.why_stale(fingerprint.read(mask), job.made_with(task), Path(task.path))
         except OSError:  # the image vanished since the listing: it will fail with its reason
             why = "the image is unreadable"
         missing = job.companions_missing(task) if why is None else []

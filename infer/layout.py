@@ -14,13 +14,20 @@ from inputs to outputs is one-to-one by construction:
   parts replaced and a short hash of the path added;
 - should two names still be equal (a hash collision), the job is refused before any work.
 
-The folders under OUTPUT that aesipe writes (``OUTPUT_FOLDERS``) are never read as input. aesipe's own
-temporary files carry a name no user file has (``aesipe.utils.atomic``); only those are ever removed.
+OUTPUT belongs to one run at a time (``OutputLock``: a second run on it is refused, naming the first), and
+only aesipe's files in it are aesipe's: the folders it writes (``OUTPUT_FOLDERS``) are never read as input,
+and the clean-up of a killed run removes only aesipe's temporary files, which carry a name no user file has
+(``aesipe.utils.atomic``), without following symbolic links.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import socket
+import sys
+import time
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -28,12 +35,13 @@ from pathlib import Path
 from typing import Iterable
 
 from aesipe.imaging import strip_image_suffix
-from aesipe.utils.atomic import remove_temporaries
+from aesipe.utils.atomic import atomic_write_text, remove_temporaries
 from aesipe.utils.errors import UserError
 
 OUTPUT_FOLDERS = ("masks", "overlays", "confidence", "SegmentationClass", "ImageSets", "sheet")
 """What aesipe-label writes under OUTPUT (never read back as input)."""
 REPORT_FILE = "report.json"
+LOCK_FILE, LOCK_HOLDER = ".aesipe-lock", ".aesipe-lock.json"
 COCO_FILE, REVIEW_FILE, LABELMAP_FILE, SHEET_FILE = "annotations.json", "review.csv", "labelmap.txt", "sheet.html"
 CVAT_LIST = "ImageSets/Segmentation/default.txt"
 NAME_MAX = 255
@@ -44,7 +52,7 @@ _HASH = 8
 _UNCARRIABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageTask:
     """One input image of a job, with everything a worker needs to label it (picklable, small)."""
 
@@ -155,3 +163,40 @@ class OutputLayout:
         for folder in self.folders():
             remove_temporaries(folder, recursive=True)
         remove_temporaries(self.root)
+
+
+class OutputLock:
+    """Holds OUTPUT for one run (``with OutputLock(root):``): a second run on the same OUTPUT is refused in
+    one line that names the first (it would remove the first one's temporary files and write over its
+    masks). An OS file lock (``filelock``): released by the OS if the holder dies, so a killed run never
+    leaves OUTPUT locked."""
+
+    def __init__(self, root: str | Path):
+        from filelock import FileLock
+
+        self.root = Path(root)
+        self._lock = FileLock(str(self.root / LOCK_FILE))
+
+    def __enter__(self) -> "OutputLock":
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise UserError(f"OUTPUT {self.root} is being written by another aesipe-label run ({self._holder()}): "
+                            "wait for it to finish, or choose another OUTPUT") from None
+        atomic_write_text(self.root / LOCK_HOLDER, json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)[:300]}) + "\n")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (self.root / LOCK_HOLDER).unlink(missing_ok=True)
+        self._lock.release()
+
+    def _holder(self) -> str:
+        try:
+            holder = json.loads((self.root / LOCK_HOLDER).read_text())
+            return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "its details are not recorded"

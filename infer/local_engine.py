@@ -25,7 +25,7 @@ from .labeler import Labeler
 from .layout import ImageTask
 from .report import Report
 from .settings import LabelSettings
-from .steps import Decoded, MaskWriter, decode, run_batch_or_singles
+from .steps import Decoded, MaskWriter, decode, is_machine_fault, run_batch_or_singles
 
 REPORT_EVERY_S = 10.0
 
@@ -102,8 +102,10 @@ def run(job: LabelJob, labeler: Labeler, plan: Plan, report: Report, stats, prog
     def finish(task: ImageTask, decoded: Decoded, item: Prepared, outputs) -> None:
         try:
             entry = stats.timed("postprocess_write", lambda: writer.write(task, labeler.finish(item, outputs),
-                                                                           decoded.image.rgb))
+                                                                           decoded.image.rgb, decoded.content))
         except Exception as exc:  # one bad image must not stop the folder; the reason goes in the report
+            if is_machine_fault(exc):
+                raise  # a full disk is no image's fault: the run stops (``folder.py`` says so in one line)
             entry = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
         record(task, entry)
 
@@ -132,7 +134,7 @@ def run(job: LabelJob, labeler: Labeler, plan: Plan, report: Report, stats, prog
             pending.popleft().result()
         if time.perf_counter() - last_flush[0] > REPORT_EVERY_S:
             last_flush[0] = time.perf_counter()
-            report.write()
+            report.flush()
 
     def run_batch(batch) -> None:
         collect(streams - 1)  # a free stream: prepared images wait here, not in an unbounded queue

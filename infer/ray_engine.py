@@ -36,6 +36,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from aesipe.utils.atomic import TEMPORARY_PREFIX
 from aesipe.utils.errors import UserError
 
 from .job import LabelJob, Plan
@@ -104,7 +105,7 @@ def actor_resources(cluster: dict, node_cpus: float, device: str, actors: int | 
 
 def _filesystem_now(folder: Path) -> int:
     """OUTPUT's own clock (a shared filesystem's may differ from this node's), to tell this run's masks apart."""
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".aesipe-clock.", suffix=".tmp") as handle:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMPORARY_PREFIX, suffix=".tmp") as handle:
         return os.fstat(handle.fileno()).st_mtime_ns
 
 
@@ -124,8 +125,6 @@ def warnings(job: LabelJob, labeler: Labeler) -> list[str]:
 def run(job: LabelJob, labeler: Labeler, plan: Plan, report: Report, stats, progress: bool,
         log: Callable[[str], None]) -> None:
     """Label ``plan.todo`` on Ray (and write the missing companions of kept masks), recording into ``report``."""
-    from .ray_workers import TRIES_PER_IMAGE
-
     ray, settings = import_ray(), job.settings
     rows = ([{"task": json.dumps(asdict(task)), "rel": task.rel, "kind": "label"} for task in plan.todo]
             + [{"task": json.dumps(asdict(task)), "rel": task.rel, "kind": "overlay"} for task in plan.companions_missing])
@@ -139,14 +138,13 @@ def run(job: LabelJob, labeler: Labeler, plan: Plan, report: Report, stats, prog
             log(f"Ray: {res['actors']} actor(s) on {res['device']}, {res['threads']} ONNX Runtime thread(s) each")
         log(plan.describe())
         state = {"job": job, "token": uuid.uuid4().hex, "started_ns": _filesystem_now(job.output_dir)}
-        _run(ray, rows, state, res, len(plan.todo), report, stats, progress, log, TRIES_PER_IMAGE)
+        _run(ray, rows, state, res, len(plan.todo), report, stats, progress, log)
     finally:
         if shutdown:
             ray.shutdown()
 
 
-def _run(ray, rows: list[dict], state: dict, res: dict, todo: int, report: Report, stats, progress: bool, log,
-         retries: int) -> None:
+def _run(ray, rows: list[dict], state: dict, res: dict, todo: int, report: Report, stats, progress: bool, log) -> None:
     engine = {}
     first, started = None, time.perf_counter()  # first: seconds to the first result (the actors' start)
     bar = tqdm(total=todo, unit="img", disable=not progress, dynamic_ncols=True, desc="labelling")
@@ -155,7 +153,7 @@ def _run(ray, rows: list[dict], state: dict, res: dict, todo: int, report: Repor
     quiet.setLevel(max(level, logging.ERROR))  # Ray Data's lines about each dataset (and its progress bars)
     last_flush = started
     try:
-        for row in _dataset(ray, rows, state, res, state["job"].settings.batch_size, retries).iter_rows() if rows else ():
+        for row in _dataset(ray, rows, state, res, state["job"].settings.batch_size).iter_rows() if rows else ():
             first = first if first is not None else time.perf_counter() - started
             rel, record = row["rel"], json.loads(row["record"])
             if row["kind"] == "overlay":  # a kept mask's missing companions
@@ -173,7 +171,7 @@ def _run(ray, rows: list[dict], state: dict, res: dict, todo: int, report: Repor
             bar.update(1)
             if time.perf_counter() - last_flush > REPORT_EVERY_S:
                 last_flush = time.perf_counter()
-                report.write()
+                report.flush()
     except ray.exceptions.RayError as exc:  # not one image's failure: Ray or the cluster gave up
         raise UserError(f"the Ray job stopped ({_last_line(exc)}); the masks written so far are kept and a re-run "
                         "resumes", exit_code=1) from None
@@ -186,12 +184,14 @@ def _run(ray, rows: list[dict], state: dict, res: dict, todo: int, report: Repor
             stats.extra.update(providers=engine["providers"], provider_fallback=engine["fallback"])
 
 
-def _dataset(ray, rows: list[dict], state: dict, res: dict, batch_size: int, retries: int):
+def _dataset(ray, rows: list[dict], state: dict, res: dict, batch_size: int):
     decode_fn, actor_cls = _workers()
     per_block = max(batch_size, math.ceil(len(rows) / MAX_BLOCKS))
     ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
     ds.context.enable_progress_bars = False  # the driver shows its own, in images
-    ds = ds.map(decode_fn, fn_kwargs={"state": state}, num_cpus=DECODE_CPUS, max_retries=retries)
+    # Ray retries a decode task whose process died (for ever); the task's journal makes the try after the
+    # TRIES_PER_IMAGE-th death fail that image alone, so no retry limit of Ray's own is needed.
+    ds = ds.map(decode_fn, fn_kwargs={"state": state}, num_cpus=DECODE_CPUS)
     return ds.map_batches(actor_cls, fn_constructor_kwargs={"state": state, "device": res["device"], "threads": res["threads"]},
                           batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=res["actors"]),
                           num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from aesipe.imaging import DecodedImage
+from aesipe.utils.atomic import temporary_name
 
 from . import fingerprint
 from .items import Prepared
 from .job import LabelJob, kept_record
 from .labeler import Labeler
 from .layout import ImageTask
-from .steps import MaskWriter, decode, run_batch_or_singles
+from .steps import MaskWriter, decode, is_machine_fault, run_batch_or_singles
 
 TRIES_PER_IMAGE = 3
 """Deaths of a process on one image before that image fails alone (decode tasks and actors alike)."""
@@ -36,7 +37,7 @@ def journal_path(output_dir: Path, token: str, *parts: str) -> Path:
     """The try counter of one piece of this run's work (``parts``) in OUTPUT: an aesipe temporary file, so a
     killed run's are removed by the next run with the others."""
     key = hashlib.sha256("\n".join([token, *parts]).encode()).hexdigest()[:16]
-    return output_dir / f".aesipe-ray-{key}.tmp"
+    return temporary_name(output_dir, f"ray-{key}.tmp")
 
 
 class TryJournal:
@@ -64,7 +65,7 @@ def decode_task(row: dict, state: dict) -> dict:
     """Ray Data task: one image read and decoded (or a kept mask's missing companions written)."""
     job: LabelJob = state["job"]
     task, started = _task(row), time.perf_counter()
-    out = {**row, "rgb": _NO_RGB, "size": np.zeros(2, np.int64), "tags": _NO_TAGS, "error": ""}
+    out = {**row, "rgb": _NO_RGB, "size": np.zeros(2, np.int64), "tags": _NO_TAGS, "content": "", "error": ""}
     journal = TryJournal(job.output_dir, state["token"], "decode", str(row["kind"]), task.rel)
     tries = journal.tries_so_far()
     if tries >= TRIES_PER_IMAGE:
@@ -82,7 +83,7 @@ def decode_task(row: dict, state: dict) -> dict:
             out["error"] = result
         else:
             out.update(rgb=result.image.rgb, size=np.array(result.image.original_size, np.int64),
-                       tags=_NO_TAGS if result.tags is None else result.tags)
+                       tags=_NO_TAGS if result.tags is None else result.tags, content=result.content)
     journal.done()
     return {**out, "decode_s": time.perf_counter() - started}
 
@@ -94,10 +95,10 @@ def written_this_run(job: LabelJob, task: ImageTask, started_ns: int) -> dict | 
     try:
         if mask.stat().st_mtime_ns < started_ns:
             return None
-        expected = job.expected(task)
-        if fingerprint.why_stale(fingerprint.read(mask), expected) is not None or job.companions_missing(task):
+        recorded = fingerprint.read(mask)
+        if fingerprint.why_stale(recorded, job.made_with(task), Path(task.path)) is not None or job.companions_missing(task):
             return None
-        return {**kept_record(job, task, None), "fingerprint": fingerprint.digest(expected)}
+        return {**kept_record(job, task, None), "fingerprint": fingerprint.digest(recorded)}
     except Exception:  # missing, unreadable, half-written companions: label it again
         return None
 
@@ -113,14 +114,16 @@ class LabelActor:
         self.started_ns, self.token = state["started_ns"], state["token"]
         self.engine = json.dumps({"providers": self.labeler.providers, "fallback": self.labeler.fallback})
 
-    def write(self, task: ImageTask, rgb: np.ndarray, item: Prepared, outputs: list) -> dict:
+    def write(self, task: ImageTask, rgb: np.ndarray, content: str, item: Prepared, outputs: list) -> dict:
         """The finish and write steps of one image; its record (a failure's reason, as locally)."""
         try:
-            return self.writer.write(task, self.labeler.finish(item, outputs), rgb)
+            return self.writer.write(task, self.labeler.finish(item, outputs), rgb, content)
         except Exception as exc:  # one bad image must not stop the folder
+            if is_machine_fault(exc):
+                raise  # a full disk is no image's fault: the job stops, and the driver says so
             return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
 
-    def _label(self, chunk: list[tuple[ImageTask, tuple[np.ndarray, Prepared]]], records: dict, seconds: dict) -> None:
+    def _label(self, chunk: list[tuple[ImageTask, tuple[np.ndarray, str, Prepared]]], records: dict, seconds: dict) -> None:
         rels = [task.rel for task, _ in chunk]
         journal = TryJournal(self.job.output_dir, self.token, "label", *rels)
         tries = journal.tries_so_far()
@@ -136,7 +139,7 @@ class LabelActor:
         journal.start(tries)
         began = time.perf_counter()
         items = {task.rel: pair for task, pair in chunk}
-        results = list(run_batch_or_singles(self.labeler, [(task, pair[1]) for task, pair in chunk]))
+        results = list(run_batch_or_singles(self.labeler, [(task, pair[-1]) for task, pair in chunk]))
         share = (time.perf_counter() - began) / len(chunk)
         for task, outputs in results:
             began = time.perf_counter()
@@ -162,7 +165,7 @@ class LabelActor:
                 rgb = row["rgb"] if row["rgb"].flags.writeable else row["rgb"].copy()  # the CRF writes into it
                 decoded = DecodedImage(rgb, tuple(int(s) for s in row["size"]))
                 item = self.labeler.prepare(decoded, row["tags"] if self.job.info.needs_tags else None)
-                buckets[item.batch_key].append((task, (rgb, item)))
+                buckets[item.batch_key].append((task, (rgb, str(row["content"]), item)))
         size = self.job.settings.batch_size
         for bucket in buckets.values():  # batched only with images of the same batch_key, as locally
             for start in range(0, len(bucket), size):

@@ -33,6 +33,8 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".torchscript")
 DEVICES = ("auto", "cpu", "cuda")
 """Also ``cuda:N``: that GPU (ONNX Runtime's CUDA provider ``device_id``; torch's ``cuda:N``)."""
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+AESIPE_OPS = ("aesipe::pamr",)
+"""The compiled ops a TorchScript file may call (aesipe's own library holds them)."""
 
 
 def usable_cores() -> int:
@@ -129,6 +131,11 @@ class OrtBackend:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.device = "cuda" if self.on_gpu else "cpu"
 
+    def probe(self, image: np.ndarray, tags: np.ndarray | None) -> dict[str, np.ndarray]:
+        """One call on the first session, outside the stream pool (``check_graph``)."""
+        feeds = {"image": image} | ({"tags": tags} if tags is not None else {})  # a missing or extra input fails
+        return dict(zip(("scores", "labels"), self.session.run(["scores", "labels"], feeds)))
+
     @staticmethod
     def _providers_for(device: str, available: Sequence[str]) -> list[str]:
         if device in ("auto", "cuda") and CUDA_EP in available:
@@ -180,24 +187,31 @@ class TorchScriptBackend:
         self.on_gpu = self.device.startswith("cuda")
 
     def _load_custom_ops(self, torch) -> None:
-        """Load the op library the file calls: the exporting machine's, else this machine's cached build.
-        Never compiles: labelling must not start a build as a side effect."""
+        """Load aesipe's own op library when the file calls aesipe's ops: only the library aesipe's own loader
+        finds in its build cache, never a path the file names (``op_library`` is where the exporting machine had
+        it: a record, never opened), so no model file can make this process load code. Never compiles:
+        labelling must not start a build as a side effect."""
         if not self.info.custom_ops:
             return
-        candidates = [self.info.op_library] if self.info.op_library else []
+        foreign = [op for op in self.info.custom_ops if op not in AESIPE_OPS]
+        if foreign:
+            raise UserError(f"the model calls {', '.join(foreign)}, which are not aesipe's ops: only aesipe's own op "
+                            "library is ever loaded, so this file cannot be labelled")
         try:
             from aesipe.ops import _build
 
-            candidates.append(str(_build.find_built_library() or ""))
+            library = _build.find_built_library()
         except ImportError:
-            pass
-        for candidate in filter(None, candidates):
-            if os.path.isfile(candidate):
-                torch.ops.load_library(candidate)
-                return
-        raise UserError(f"the model calls {', '.join(self.info.custom_ops)} and no built op library is on this "
-                        "machine: build it once with `python -m aesipe.ops build` (--cuda for GPUs), or export to "
-                        "ONNX, which needs no custom ops")
+            library = None
+        if library is None:
+            raise UserError(f"the model calls {', '.join(self.info.custom_ops)} and no built op library is on this "
+                            "machine: build it once with `python -m aesipe.ops build` (--cuda for GPUs), or export to "
+                            "ONNX, which needs no custom ops")
+        torch.ops.load_library(str(library))
+
+    def probe(self, image: np.ndarray, tags: np.ndarray | None) -> dict[str, np.ndarray]:
+        """One call (``check_graph``)."""
+        return self.run(image, tags, ("scores", "labels"))
 
     def run(self, image: np.ndarray, tags: np.ndarray | None, want: Sequence[str]) -> dict[str, np.ndarray]:
         torch = self._torch
@@ -238,10 +252,40 @@ def check_model_path(path: str | Path, input_spec: str | Path | None = None) -> 
     return path
 
 
+PROBE_SIDE = 64
+"""The side of the blank image every model file is run on once when opened, to hold its metadata to the graph."""
+
+
+def check_graph(backend, path: Path) -> None:
+    """The graph is what its metadata says, before any image is read: a blank 1 x 3 x H x W image (with tags
+    for a pseudo-labeller) must give ``scores`` [1, classes, H, W] and ``labels`` [1, H, W]. A file whose
+    metadata names 3 classes for a 5-channel graph would otherwise write label values the report cannot name."""
+    info = backend.info
+    fmt = info.input_format
+    height, width = fmt.fixed_size or (PROBE_SIDE, PROBE_SIDE)
+    image = np.zeros((1, 3, height, width), dtype=np.float32)
+    tags = np.ones((1, info.num_classes), dtype=np.float32) if info.needs_tags else None
+    try:
+        out = backend.probe(image, tags)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not what it says
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"{path} does not run as its metadata describes it (a 1x3x{height}x{width} image"
+                        f"{' and tags' if tags is not None else ''}): {reason}") from None
+    scores, labels = np.asarray(out["scores"]), np.asarray(out["labels"])
+    if scores.shape != (1, len(info.classes), height, width) or labels.shape != (1, height, width):
+        raise UserError(f"{path}: its metadata names {len(info.classes)} classes (background included) for a "
+                        f"{height}x{width} image, but the graph gives scores of shape {list(scores.shape)} and "
+                        f"labels of shape {list(labels.shape)}")
+
+
 def open_backend(path: str | Path, device: str, providers: Sequence[str] | None, threads: int | None,
                  streams: int | None):
-    """``streams`` (ONNX on a CPU): sessions that run calls at once; None: ``cpu_streams``'s choice."""
+    """``streams`` (ONNX on a CPU): sessions that run calls at once; None: ``cpu_streams``'s choice. The file is
+    checked against its metadata (``check_graph``) before it is returned."""
     path = check_model_path(path)
     if path.suffix.lower() in ONNX_SUFFIXES:
-        return OrtBackend(path, device, providers, threads, streams)
-    return TorchScriptBackend(path, device)
+        backend = OrtBackend(path, device, providers, threads, streams)
+    else:
+        backend = TorchScriptBackend(path, device)
+    check_graph(backend, path)
+    return backend

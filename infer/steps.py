@@ -4,7 +4,7 @@
     item = labeler.prepare(decoded.image, decoded.tags) # the graph's inputs
     for task, outputs in run_batch_or_singles(labeler, [(task, item), ...]):   # the model
         labelled = labeler.finish(item, outputs)        # labels (and confidence) at the image's size
-        record = MaskWriter(job).write(task, labelled, decoded.image.rgb)   # the files, and the report record
+        record = MaskWriter(job).write(task, labelled, decoded.image.rgb, decoded.content)   # files + record
 
 Every step is a plain function or a small class over explicit data (``LabelJob``, ``ImageTask``), so the
 engines only schedule it: the local engine runs the steps in threads, the Ray engine in tasks and actors.
@@ -13,6 +13,7 @@ the engines record a failed write with its reason.
 """
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -30,6 +31,13 @@ from .labeler import Labeler
 from .layout import ImageTask
 from .report import confidence_record, mask_record
 
+MACHINE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+"""Write errors that are the machine's, not one image's: they stop the run instead of failing every image."""
+
+
+def is_machine_fault(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in MACHINE_FAULTS
+
 
 @dataclass
 class Decoded:
@@ -37,10 +45,13 @@ class Decoded:
     image: DecodedImage
     tags: np.ndarray | None
     """A pseudo-labeller's multi-hot [C] tag vector (None for segmenters)."""
+    content: str
+    """The file's content digest (``fingerprint.file_digest(path, 32)``), for its mask's record."""
 
 
 def decode(task: ImageTask, job: LabelJob) -> Decoded | str:
-    """The image read at the job's working size, with its tag vector; or the reason it cannot be labelled."""
+    """The image read at the job's working size, with its tag vector and content digest; or the reason it
+    cannot be labelled."""
     vector = None
     if job.info.needs_tags:
         if task.tags is None:
@@ -48,9 +59,12 @@ def decode(task: ImageTask, job: LabelJob) -> Decoded | str:
         vector = np.zeros(job.info.num_classes, dtype=np.float32)
         vector[list(task.tags)] = 1.0
     try:
-        return Decoded(task, read_image(Path(task.path), job.settings.read_side), vector)
+        image = read_image(Path(task.path), job.settings.read_side)
+        return Decoded(task, image, vector, fingerprint.file_digest(task.path, 32))  # the bytes are in the page cache
     except ImageReadError as exc:
         return str(exc)
+    except OSError as exc:  # vanished or became unreadable after decoding
+        return f"cannot read the file ({exc.strerror or exc})"
 
 
 def run_batch_or_singles(labeler: Labeler, batch: Sequence[tuple[ImageTask, Prepared]]
@@ -77,11 +91,12 @@ class MaskWriter:
         self.job, self.layout, self.settings = job, job.layout, job.settings
         self.palette = companions.padded_palette(job.info.palette)
 
-    def write(self, task: ImageTask, labelled: Labelled, rgb: np.ndarray) -> dict:
-        """Write ``task``'s files from its finished labels; returns its report record."""
+    def write(self, task: ImageTask, labelled: Labelled, rgb: np.ndarray, content: str) -> dict:
+        """Write ``task``'s files from its finished labels (``content``: the image's digest, ``Decoded.content``);
+        returns its report record."""
         if self.settings.confidence and labelled.confidence is None:
             raise RuntimeError("the image was finished without confidence (prepare it with the job's settings)")
-        layout, made_with = self.layout, self.job.expected(task)
+        layout, made_with = self.layout, self.job.made_with(task, content)
         for stale in layout.companions(task.name):
             stale.unlink(missing_ok=True)  # the old mask's companions go before the new mask replaces it
         save_label_png(layout.mask(task.name), labelled.labels, self.palette, fingerprint.encode(made_with))

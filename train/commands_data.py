@@ -122,7 +122,7 @@ def crf(
     from .runconfig import resolve_run_config
     from .stages.evaluate import MAP_KEYS
     from .stages.ir_label import make_ir_labels
-    from .stages.pseudo_labels import contact_sheet, write_pseudo_labels
+    from .stages.label_folders import contact_sheet, write_pseudo_labels
 
     cfg = resolve_run_config(_existing_run(run_dir), recipe, overrides or [])
     protocol = _choice(protocol, ("label", "ir"), "--protocol") or cfg.crf.protocol

@@ -40,7 +40,8 @@ def pretrain_on_tags(
     torch.manual_seed(seed)
     ds = open_dataset(data_cfg, split)
     batch_size = min(batch_size, len(ds))  # a tiny dataset still makes full batches (never an empty epoch)
-    samples = ClassificationDataset(ds, crop_size, (int(crop_size * 0.8), int(crop_size * 1.2)), flip=True, seed=seed)
+    samples = ClassificationDataset(ds, crop_size=crop_size, resize_long=(int(crop_size * 0.8), int(crop_size * 1.2)),
+                                    flip=True, seed=seed)
     net = torchvision.models.mobilenet_v2(weights=None)
     head = torch.nn.Linear(net.last_channel, ds.num_classes)
     optimizer = torch.optim.Adam([*net.features.parameters(), *head.parameters()], lr=lr)

@@ -167,7 +167,7 @@ def train_loop(
     """
     from tqdm import tqdm
 
-    from . import checkpoint as ckpt_io
+    from . import checkpointing as ckpt_io
 
     info = info or DistInfo()
     final_path = spec.stage_dir / ckpt_io.FINAL_NAME

@@ -24,11 +24,14 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+from ..utils.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A user-caused configuration problem; the message is one line meant for the terminal."""
+class ConfigError(UserError, ValueError):
+    """A user-caused configuration problem; the message is one line meant for the terminal (a ``UserError``, so
+    the CLIs' one-line handling of user errors covers it without knowing the config)."""
 
 
 class FieldError(ValueError):

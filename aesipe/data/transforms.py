@@ -96,9 +96,10 @@ def random_crop(image: np.ndarray, mask: np.ndarray | None, crop_size: int, rng:
 
 
 class _AugmentedDataset(torch.utils.data.Dataset):
+    """The recipes' numbers (crop, scales, jitter, seed) come from the run's config, which checks them: no
+    defaults or checks of their own here."""
+
     def __init__(self, ds: SegmentationDataset, crop_size: int, flip: bool, jitter: float, seed: int):
-        if crop_size < 1:
-            raise UserError(f"crop size must be positive, not {crop_size}")
         self.ds, self.crop_size, self.flip, self.jitter, self.seed = ds, crop_size, flip, jitter, seed
         self.epoch = 0
 
@@ -122,18 +123,9 @@ class _AugmentedDataset(torch.utils.data.Dataset):
 class ClassificationDataset(_AugmentedDataset):
     """Stage 1 / IRN training samples: dict(image [3,S,S] float, labels [C] float, valid [S,S] float, id)."""
 
-    def __init__(
-        self,
-        ds: SegmentationDataset,
-        crop_size: int = 512,
-        resize_long: tuple[int, int] = (320, 640),
-        flip: bool = True,
-        seed: int = 0,
-        jitter: float = 0.0,
-    ):
+    def __init__(self, ds: SegmentationDataset, *, crop_size: int, resize_long: tuple[int, int], flip: bool, seed: int,
+                 jitter: float = 0.0):
         super().__init__(ds, crop_size, flip, jitter, seed)
-        if not 1 <= resize_long[0] <= resize_long[1]:
-            raise UserError(f"resize_long must be (low, high) with 1 <= low <= high, not {resize_long}")
         self.resize_long = resize_long
 
     def __getitem__(self, index: int) -> dict:
@@ -152,18 +144,9 @@ class SegTrainDataset(_AugmentedDataset):
     ``corrected_repeat`` times per epoch (its repeats get their own augmentation draws).
     """
 
-    def __init__(
-        self,
-        ds: SegmentationDataset,
-        label_dir: str | Path,
-        crop_size: int = 512,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        flip: bool = True,
-        jitter: float = 0.0,
-        seed: int = 0,
-        corrected: Mapping[str, str | Path] | None = None,
-        corrected_repeat: int = 1,
-    ):
+    def __init__(self, ds: SegmentationDataset, label_dir: str | Path, *, crop_size: int, scale_range: tuple[float, float],
+                 flip: bool, jitter: float, seed: int, corrected: Mapping[str, str | Path] | None = None,
+                 corrected_repeat: int = 1):
         super().__init__(ds, crop_size, flip, jitter, seed)
         self.label_dir = Path(label_dir)
         if not self.label_dir.is_dir():
@@ -175,10 +158,6 @@ class SegTrainDataset(_AugmentedDataset):
             raise UserError(
                 f"{len(missing)} of {len(ds.ids)} images have no label PNG in {self.label_dir} (first: {missing[0]})"
             )
-        if not 0 < scale_range[0] <= scale_range[1]:
-            raise UserError(f"scale_range must be (low, high) with 0 < low <= high, not {scale_range}")
-        if corrected_repeat < 1:
-            raise UserError(f"corrected images must be drawn at least once per epoch, not {corrected_repeat}")
         self.scale_range = scale_range
         self.order = [i for i in ds.ids for _ in range(corrected_repeat if i in self.corrected else 1)]
 

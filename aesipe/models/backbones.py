@@ -26,7 +26,7 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from aesipe.checkpoints import load_torch_file
+from aesipe.checkpoint_format import load_torch_file
 from aesipe.utils.errors import UserError
 
 BackboneName = Literal["resnet50", "resnet101", "mobilenet_v2"]

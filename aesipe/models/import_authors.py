@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from aesipe.checkpoints import load_torch_file
+from aesipe.checkpoint_format import load_torch_file
 from aesipe.utils.errors import UserError
 
 # authors' prefix -> our prefix (longest match wins)

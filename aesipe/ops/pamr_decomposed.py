@@ -4,8 +4,8 @@
 custom op and runs in stock ONNX Runtime at any H x W. Same semantics as ``pamr_reference`` (tested
 against it). Per dilation d, the 8 ring shifts of a map are one grouped convolution (dilation d) of
 the replicate-padded map with a fixed one-hot kernel; the convolution form exports to far fewer nodes
-than shifted slices (PLATFORM.md: the slice form takes ~150 s and ~1,400 nodes at 10 iterations x 6
-dilations; this one ~300 nodes and ~20 s here, most of it torch.export's fixed cost). Measured in ONNX
+than shifted slices (measured when this was written: the slice form takes ~150 s and ~1,400 nodes at 10
+iterations x 6 dilations; this one ~300 nodes and ~20 s here, most of it torch.export's fixed cost). Measured in ONNX
 Runtime at 1 x 21 x 321 x 321 (2 cores): 6.1 s and 0.6 GB peak, against 9.0 s and 1.3 GB for the variant
 that concatenates all dilations' shifts before weighting them.
 """

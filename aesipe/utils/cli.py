@@ -1,6 +1,6 @@
 """The conventions every aesipe command follows (Typer apps).
 
-- Errors a user can cause -- ``UserError``, ``ConfigError``, Typer's own usage errors (a bad integer, an
+- Errors a user can cause -- ``UserError`` (``ConfigError`` is one), Typer's own usage errors (a bad integer, an
   unknown option, a missing argument) -- end as one line ``prog: error: ...`` on stderr and exit 2 (or the
   error's own code), never a traceback or a boxed panel.
 - Ctrl-C ends as one line and exit 130; work in progress writes what it finished first.
@@ -47,15 +47,13 @@ def run_cli(app: typer.Typer, prog: str) -> None:
     """Run ``app`` as the program ``prog`` with the conventions of this module; always exits."""
     from typer._click.exceptions import ClickException
 
-    from .. import config as _config
-
     def fail(message: str, code: int) -> None:
         print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
         sys.exit(code)
 
     try:
         code = app(standalone_mode=False, prog_name=prog)
-    except (UserError, _config.ConfigError) as exc:
+    except UserError as exc:  # a ConfigError is one too
         fail(str(exc), getattr(exc, "exit_code", 2))
     except ClickException as exc:  # Typer's usage errors: bad value, unknown option, missing argument
         hint = f" (see {prog} --help)" if getattr(exc, "exit_code", 2) == 2 else ""
@@ -73,11 +71,9 @@ def user_errors(prog: str) -> Callable[[F], F]:
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def inner(*args, **kwargs):
-            from .. import config as _config
-
             try:
                 return fn(*args, **kwargs)
-            except (UserError, _config.ConfigError) as exc:
+            except UserError as exc:  # a ConfigError is one too
                 typer.echo(f"{prog}: error: {_one_line(str(exc))}", err=True)
                 raise typer.Exit(getattr(exc, "exit_code", 2)) from None
 

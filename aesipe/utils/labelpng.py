@@ -5,6 +5,9 @@ numpy + Pillow only: shared by the training side (pseudo-labels) and the torch-f
 from __future__ import annotations
 
 import io
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +68,46 @@ def save_label_png(path: str | Path, labels: np.ndarray, palette: np.ndarray, te
     atomic_write_bytes(path, encode_label_png(labels, palette, text))
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_LIMIT = 1 << 20
+"""Text chunks larger than this are not read (a mask's record is a few hundred bytes)."""
+
+
 def read_png_text(path: str | Path) -> dict[str, str]:
-    """The tEXt chunks of a PNG, without decoding its pixels; {} for an unreadable file."""
+    """The text chunks (tEXt, zTXt, iTXt) a PNG holds before its pixels, read chunk by chunk without decoding
+    anything else (a re-run reads one per mask: a few kB read, not an image opened); {} for a file that is not
+    a readable PNG."""
+    text: dict[str, str] = {}
     try:
-        with Image.open(path) as image:
-            return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
-    except (OSError, ValueError, SyntaxError):
-        return {}
+        with open(path, "rb") as handle:
+            if handle.read(8) != _PNG_SIGNATURE:
+                return {}
+            while True:
+                header = handle.read(8)
+                if len(header) < 8:
+                    return text
+                length, kind = struct.unpack(">I4s", header)
+                if kind in (b"IDAT", b"IEND"):
+                    return text
+                if kind not in (b"tEXt", b"zTXt", b"iTXt") or length > _TEXT_LIMIT:
+                    handle.seek(length + 4, os.SEEK_CUR)  # the chunk and its CRC
+                    continue
+                data = handle.read(length)
+                handle.seek(4, os.SEEK_CUR)
+                key, _, value = data.partition(b"\0")
+                text[key.decode("latin-1")] = _chunk_text(kind, value)
+    except (OSError, ValueError, struct.error, zlib.error, UnicodeDecodeError):
+        return text
+
+
+def _chunk_text(kind: bytes, value: bytes) -> str:
+    if kind == b"tEXt":
+        return value.decode("latin-1")
+    if kind == b"zTXt":
+        return zlib.decompress(value[1:]).decode("latin-1")
+    compressed, rest = value[0], value[2:]  # iTXt: flag, method, language\0, translated keyword\0, text
+    body = rest.split(b"\0", 2)[2]
+    return (zlib.decompress(body) if compressed else body).decode("utf-8")
 
 
 def load_label_png(path: str | Path) -> np.ndarray:

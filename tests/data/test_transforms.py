@@ -87,7 +87,7 @@ def _denormalize(tensor: torch.Tensor) -> np.ndarray:
 
 def test_seg_samples_flip_image_and_label_together(halves):
     ds = open_dataset(DataConfig(root=str(halves)), "train")
-    seg = SegTrainDataset(ds, halves / "pseudo", crop_size=20, scale_range=(1.0, 1.0), flip=True, seed=0)
+    seg = SegTrainDataset(ds, halves / "pseudo", crop_size=20, scale_range=(1.0, 1.0), flip=True, jitter=0.0, seed=0)
     seen_flipped = set()
     for epoch in range(6):
         seg.set_epoch(epoch)
@@ -107,10 +107,10 @@ def test_seg_dataset_checks_its_labels(halves):
     ds = open_dataset(DataConfig(root=str(halves)), "train")
     (halves / "pseudo" / "q.png").unlink()
     with pytest.raises(UserError, match=r"1 of 2 images have no label PNG in .*pseudo \(first: q\)"):
-        SegTrainDataset(ds, halves / "pseudo", crop_size=8)
+        SegTrainDataset(ds, halves / "pseudo", crop_size=8, scale_range=(1.0, 1.0), flip=True, jitter=0.0, seed=0)
     save_label_png(halves / "pseudo" / "q.png", np.zeros((3, 3), np.uint8), voc_palette())
     with pytest.raises(UserError, match=r"q\.png is 3x3 but its image is 16x10"):
-        SegTrainDataset(ds, halves / "pseudo", crop_size=8)[1]
+        SegTrainDataset(ds, halves / "pseudo", crop_size=8, scale_range=(1.0, 1.0), flip=True, jitter=0.0, seed=0)[1]
 
 
 def test_classification_samples(synth_root):
@@ -125,7 +125,7 @@ def test_classification_samples(synth_root):
     assert torch.equal(train[3]["image"], sample["image"])  # same seed, epoch and index
     train.set_epoch(1)
     assert not torch.equal(train[3]["image"], sample["image"])
-    assert not torch.equal(ClassificationDataset(ds, 40, (24, 36), seed=6)[3]["image"], sample["image"])
+    assert not torch.equal(ClassificationDataset(ds, crop_size=40, resize_long=(24, 36), flip=True, seed=6)[3]["image"], sample["image"])
     loader = torch.utils.data.DataLoader(train, batch_size=4)
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 40, 40) and batch["labels"].shape == (4, 4)

@@ -114,4 +114,4 @@ def test_images_are_named_where_they_are_found_not_where_links_point(tmp_path):
     listing.write_text("val/x.jpg\nval/sub/y.jpg\n")
     from aesipe.infer.inputs import resolve_inputs
 
-    assert [i.rel.as_posix() for i in resolve_inputs(f"@{listing}")] == ["val/sub/y.jpg", "val/x.jpg"]
+    assert [i.rel for i in resolve_inputs(f"@{listing}")] == ["val/sub/y.jpg", "val/x.jpg"]

@@ -128,7 +128,7 @@ item = labeler.prepare(decoded.image, decoded.tags)
 before = status("VmRSS:")
 with open("/proc/self/clear_refs", "w") as handle:
     handle.write("5")  # VmHWM := VmRSS: from here on, the peak of labelling and writing alone
-record = MaskWriter(job).write(todo, labeler.finish(item, labeler.run_batch([item])[0]), decoded.image.rgb)
+record = MaskWriter(job).write(todo, labeler.finish(item, labeler.run_batch([item])[0]), decoded.image.rgb, decoded.content)
 print(json.dumps({"held_mb": before, "peak_mb": status("VmHWM:"), "ok": record["status"]}))
 """
 

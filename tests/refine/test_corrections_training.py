@@ -38,7 +38,8 @@ def test_seg_samples_use_the_reviewed_mask_and_repeat_it(run_dir, tiny_data, tin
         save_label_png(folder / f"{image_id}.png", np.zeros_like(ds.load_mask(image_id)), ds.palette)
     masks = _correct(cfg, ds, ds.ids[:2])
     corrected = CorrectionStore.of_run(cfg.run_dir).masks_for(ds)
-    dataset = SegTrainDataset(ds, folder, crop_size=48, scale_range=(1.0, 1.0), flip=False, corrected=corrected,
+    dataset = SegTrainDataset(ds, folder, crop_size=48, scale_range=(1.0, 1.0), flip=False, jitter=0.0, seed=0,
+                              corrected=corrected,
                               corrected_repeat=3)
     assert len(dataset) == len(ds) + 2 * 2
     assert [dataset.order.count(i) for i in ds.ids[:3]] == [3, 3, 1]

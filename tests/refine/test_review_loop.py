@@ -69,7 +69,8 @@ def test_label_review_import_rerun(run_dir, tiny_data, tiny_config, tmp_path):
     # 5. the edited image trains on the edit: its IR label and its segmenter label are the reviewer's mask
     assert np.array_equal(load_label_png(run_dir / "ir_labels" / "train" / f"{image_id}.png"), edited)
     corrected = CorrectionStore.of_run(run_dir).masks_for(ds)
-    dataset = SegTrainDataset(ds, run_dir / "seg_labels" / "train", crop_size=48, corrected=corrected)
+    dataset = SegTrainDataset(ds, run_dir / "seg_labels" / "train", crop_size=48, scale_range=(1.0, 1.0), flip=False,
+                              jitter=0.0, seed=0, corrected=corrected)
     assert np.array_equal(load_label_png(dataset.label_path(image_id)), edited)
 
     # 6. the same export again changes nothing, and nothing is redone

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aesipe.config import RunConfig, from_dict, to_dict
-from aesipe.train import checkpoint as ckpt_io
+from aesipe.train import checkpointing as ckpt_io
 from aesipe.train import engine, loop
 from aesipe.utils.errors import UserError
 

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from aesipe.models.aesipe_net import AESIPENet
-from aesipe.train import checkpoint as ckpt_io
+from aesipe.train import checkpointing as ckpt_io
 from aesipe.train.cli import app
 
 # Our key -> every name the authors' Net gives the same tensor (resnet50.*, stageN.0.*, backbone.N.*).

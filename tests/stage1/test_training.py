@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from aesipe.config import RunConfig, from_dict
 from aesipe.models.aesipe_net import AESIPENet
-from aesipe.train import checkpoint as ckpt_io
+from aesipe.train import checkpointing as ckpt_io
 from aesipe.train import engine
 from aesipe.train.cli import app
 from aesipe.train.stages import stage1

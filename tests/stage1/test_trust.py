@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from aesipe.export.cli import app as export_app
-from aesipe.train import checkpoint as ckpt_io
+from aesipe.train import checkpointing as ckpt_io
 from aesipe.train.cli import app
 
 runner = CliRunner()

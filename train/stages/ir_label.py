@@ -23,7 +23,7 @@ from aesipe.utils.labelpng import load_label_png, save_label_png
 from ..runconfig import save_run_config
 from . import reads
 from .evaluate import cam_dir, cam_paths, load_cam_file
-from .pseudo_labels import prepare_label_dir, write_label_pngs
+from .label_folders import prepare_label_dir, write_label_pngs
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from aesipe.models.irn import IRNet, build_irn, irn_losses
 from aesipe.models.path_index import PathIndex, path_index
 from aesipe.utils.errors import UserError
 
-from .. import checkpoint as ckpt_io
+from .. import checkpointing as ckpt_io
 from .. import engine, loop
 from ..runconfig import save_run_config
 from . import reads
@@ -102,7 +102,8 @@ def train_irn(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(c.seed)
         ds = open_dataset(cfg.data, split)
-        crops = SegTrainDataset(ds, labels, c.crop_size, c.scale_range, flip=True, jitter=0.0, seed=c.seed)
+        crops = SegTrainDataset(ds, labels, crop_size=c.crop_size, scale_range=c.scale_range, flip=True, jitter=0.0,
+                                seed=c.seed)
         dataset = AffinityDataset(crops, index)
         model = build_irn(c.backbone, backbone_weights(cfg, c.backbone, c.pretrained), c.no_pretrained)
         optimizer, scheduler, spec = loop.solver_setup(

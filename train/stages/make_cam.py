@@ -10,7 +10,7 @@ keeps the background and the image's own classes.
 [K, H, W] = the map ``cam.map`` picks, ``cam`` [K, H, W] the plain CAM (its background is the network's:
 1 - max over *all* classes' CAMs), ``iscam`` [K, H, W] and, for a model with affinity enhancement,
 ``aeiscam`` [K, H, W] -- so eval can judge every map of one run. The folder remembers the checkpoint and
-settings it was made with (``train/outputs.py``): a re-run with the same ones resumes, other ones redo it.
+settings it was made with (``train/output_folders.py``): a re-run with the same ones resumes, other ones redo it.
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from aesipe.pseudo_labels import keep_image_classes, max_normalise
 from aesipe.utils.atomic import atomic_save
 from aesipe.utils.errors import UserError
 
-from .. import checkpoint as ckpt_io
+from .. import checkpointing as ckpt_io
 from .. import engine
-from ..outputs import file_identity, prepare_output_dir
+from ..output_folders import file_identity, prepare_output_dir
 from ..runconfig import save_run_config
 from . import pipeline_splits, reads
 from .evaluate import cam_dir

@@ -22,13 +22,13 @@ from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import save_label_png
 
 from .. import engine
-from ..outputs import file_identity
+from ..output_folders import file_identity
 from ..propagation import propagate, propagate_dense
 from ..runconfig import save_run_config
 from . import pipeline_splits, reads, seg_train_split
 from .evaluate import cam_dir, cam_paths, load_cam_file
 from .irn import irn_dir, load_irn
-from .pseudo_labels import prepare_label_dir
+from .label_folders import prepare_label_dir
 
 LABEL_DIR = "seg_labels"
 

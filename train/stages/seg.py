@@ -23,7 +23,7 @@ from aesipe.models.deeplab import DeepLabV3Segmenter, build_deeplabv3
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
 
-from .. import checkpoint as ckpt_io
+from .. import checkpointing as ckpt_io
 from .. import engine, loop
 from ..runconfig import save_run_config
 from . import reads, seg_train_split
@@ -72,8 +72,8 @@ def train_seg(cfg: RunConfig) -> Path:
         store = CorrectionStore.of_run(cfg.run_dir)
         corrected = store.masks_for(ds)
         repeat = cfg.corrections.seg_repeat if len(store) else 1  # read while the run has corrections (@reads)
-        dataset = SegTrainDataset(ds, labels, s.crop_size, s.scale_range, flip=True, jitter=s.color_jitter, seed=s.seed,
-                                  corrected=corrected, corrected_repeat=repeat)
+        dataset = SegTrainDataset(ds, labels, crop_size=s.crop_size, scale_range=s.scale_range, flip=True,
+                                  jitter=s.color_jitter, seed=s.seed, corrected=corrected, corrected_repeat=repeat)
         if corrected and info.is_main:
             print(f"seg: {len(corrected)} of {len(ds)} images train on their reviewed masks"
                   + (f" (drawn {repeat}x)" if repeat > 1 else ""))

@@ -49,7 +49,7 @@ def train_stage1(cfg: RunConfig) -> Path:
         device = engine.select_device(cfg.runtime.device, info.local_rank if info.enabled else None)
         engine.seed_everything(t.seed)
         ds = open_dataset(cfg.data, cfg.data.train_split)
-        dataset = ClassificationDataset(ds, t.crop_size, t.resize_long, flip=True, seed=t.seed)
+        dataset = ClassificationDataset(ds, crop_size=t.crop_size, resize_long=t.resize_long, flip=True, seed=t.seed)
         model = build_aesipe(cfg, ds.num_classes)
         optimizer, scheduler, spec = loop.solver_setup(
             t, "train", model.parameter_groups(), [1.0, t.new_layer_lr_mult], len(ds), info, cfg.runtime,
@@ -77,7 +77,7 @@ def import_authors_checkpoint(cfg: RunConfig, source: str | Path) -> tuple[Path,
     from aesipe.models import import_authors
     from aesipe.utils.errors import UserError
 
-    from .. import checkpoint as ckpt_io
+    from .. import checkpointing as ckpt_io
 
     report = import_authors.convert_authors_state_dict(import_authors.read_authors_state_dict(source))
     try:

@@ -1,7 +1,7 @@
 """Pseudo-label PNGs from a run's CAM files (optionally label-CRF refined), and a contact sheet.
 
 Output folders (``pseudo_labels/<split>``, ``ir_labels/<split>``) remember the settings they were
-made with, the CAM folder's included (``train/outputs.py``): a re-run with the same ones resumes, and
+made with, the CAM folder's included (``train/output_folders.py``): a re-run with the same ones resumes, and
 other settings or regenerated CAMs redo the folder, so it never mixes labels made two ways.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aesipe.utils.atomic import atomic_write_bytes
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png, overlay, save_label_png
 
-from ..outputs import folder_digest, prepare_output_dir
+from ..output_folders import folder_digest, prepare_output_dir
 from ..parallel import parallel_map
 from ..runconfig import save_run_config
 from .evaluate import MapKey, cam_dir, cam_paths, load_cam_file

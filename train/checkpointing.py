@@ -2,7 +2,7 @@
 
 ``last.pt`` (resumable: optimizer, scheduler, scaler, RNG, step) lives in ``<stage>/checkpoints/``;
 ``final.pt`` carries only what inference and export need. Both are plain ``torch.save`` dicts, so they
-load without aesipe; aesipe reads them with ``aesipe.checkpoints.read_checkpoint`` (no arbitrary unpickling).
+load without aesipe; aesipe reads them with ``aesipe.checkpoint_format.read_checkpoint`` (no arbitrary unpickling).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from aesipe import __version__
-from aesipe.checkpoints import FORMAT, KINDS, VERSION, read_checkpoint
+from aesipe.checkpoint_format import FORMAT, KINDS, VERSION, read_checkpoint
 from aesipe.utils.atomic import atomic_save
 
 LAST_NAME = "last.pt"
@@ -96,7 +96,7 @@ def write_final(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load and check an aesipe checkpoint (``aesipe.checkpoints``: safe unpickling); a wrong file is a
+    """Load and check an aesipe checkpoint (``aesipe.checkpoint_format``: safe unpickling); a wrong file is a
     one-line ``UserError``."""
     return read_checkpoint(path, kind, map_location)
 
