@@ -15,7 +15,8 @@ the 0-correction run's whole pipeline.
 Resumable: each finished row is kept in OUT/results/<row>.json, an interrupted row resumes where its pipeline
 stopped. ``--rows q25,r25-1`` runs only those rows (q = queue, rD = random draw D; 0 = no corrections);
 ``--jobs 2`` runs two rows at once (each in its own process: on a crowded machine two one-thread processes
-get more done than one two-thread process).
+get more done than one two-thread process). Once stage 1 and its maps exist, ``--worker --rows r25-1,...``
+runs random rows beside a 0-correction run still in progress.
 """
 from __future__ import annotations
 
@@ -46,11 +47,11 @@ def _save(path: Path, value) -> None:
     atomic_write_text(path, json.dumps(value, indent=1) + "\n")
 
 
-def _config(run: Path, args, extra: list[str] = ()):
+def _config(run: Path, args, save: bool = True):
     from aesipe.train.runconfig import resolve_run_config
 
-    overrides = [f"data.root={args.data}", f"model.pretrained={args.weights}", *args.set, *extra]
-    return resolve_run_config(run, RECIPE, overrides, save=True)
+    overrides = [f"data.root={args.data}", f"model.pretrained={args.weights}", *args.set]
+    return resolve_run_config(run, RECIPE, overrides, save=save)
 
 
 def _seconds(record: dict) -> float:
@@ -132,21 +133,25 @@ def _run_row(name: str, ids: list[str], args, out: Path, log) -> dict:
     }
 
 
-def _orders(args, out: Path, log) -> dict:
-    """The queue's ranking (from the 0-correction run) and the random draws, fixed once written."""
+def _orders(args, out: Path, log, queue: bool) -> dict:
+    """The random draws (seeded) and, with ``queue``, the queue's ranking of the 0-correction run (which needs
+    that run finished); fixed once written."""
     from aesipe.data import open_dataset
-    from aesipe.train.corrections.queue import review_queue
 
     path = out / "orders.json"
-    orders = _load(path, None)
-    if orders is None:
-        cfg = _config(out / "base", args)
-        rows = review_queue(cfg, max(args.counts), echo=log)
+    orders = _load(path, {})
+    if not all(f"r{d}" in orders for d in range(1, args.draws + 1)):
+        cfg = _config(out / "base", args, save=False)
         ids = sorted(open_dataset(cfg.data, cfg.data.train_split).ids)
-        draws = {f"r{d}": [ids[i] for i in np.random.default_rng(1000 + d).permutation(len(ids))]
-                 for d in range(1, args.draws + 1)}
-        orders = {"q": [r["image"] for r in rows], **draws}
-        _save(path, orders)
+        orders.update({f"r{d}": [ids[i] for i in np.random.default_rng(1000 + d).permutation(len(ids))]
+                       for d in range(1, args.draws + 1)})
+        _save(path, {**_load(path, {}), **orders})
+    if queue and "q" not in orders:
+        from aesipe.train.corrections.queue import review_queue
+
+        rows = review_queue(_config(out / "base", args), max(args.counts), echo=log)
+        orders["q"] = [r["image"] for r in rows]
+        _save(path, {**_load(path, {}), **orders})
     return orders
 
 
@@ -180,19 +185,32 @@ def _plan(args) -> list[tuple[str, int, str]]:
 
 
 def _claim(out: Path, name: str) -> bool:
-    """Take a row for this process (rows run in ``--jobs`` worker processes at once)."""
-    try:
-        os.close(os.open(out / "results" / f"{name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    """Take a row for this process (rows run in several worker processes at once); a claim names its process,
+    and the claim of a process that is gone is taken over."""
+    path = out / "results" / f"{name}.claim"
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text() or 0), 0)
+                return False  # a live process has it
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                path.unlink(missing_ok=True)
+                continue
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
         return True
-    except FileExistsError:
-        return False
+    return False
 
 
 def _work(args, out: Path, log) -> None:
-    """Run every planned row that no other worker has taken; each row's result is its own file."""
-    orders = _orders(args, out, log)
+    """Run every planned row that no other worker has taken; each row's result is its own file. Rows of the
+    queue wait for the 0-correction run (random rows need only its stage 1 and maps)."""
+    base_done = (out / "results" / "0.json").is_file()
+    orders = _orders(args, out, log, queue=base_done)
     for name, count, order in _plan(args):
-        if (out / "results" / f"{name}.json").is_file() or not _claim(out, name):
+        if name == "0" or (out / "results" / f"{name}.json").is_file() or order not in orders or not _claim(out, name):
             continue
         result = _run_row(name, orders[order][:count], args, out, log)
         _save(out / "results" / f"{name}.json", result)
@@ -227,11 +245,9 @@ def main() -> None:
     if args.worker:
         return _work(args, out, log)
     log(f"load before: {os.getloadavg()}")
-    for stale in (out / "results").glob("*.claim"):  # claims of workers a killed run left
-        stale.unlink()
     if not (out / "results" / "0.json").is_file():
         _save(out / "results" / "0.json", _run_row("0", [], args, out, log))
-    _orders(args, out, log)
+    _orders(args, out, log, queue=True)
     if args.jobs > 1:
         workers = [subprocess.Popen([sys.executable, *sys.argv, "--worker"]) for _ in range(args.jobs)]
         if any(worker.wait() for worker in workers):
