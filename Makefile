@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= cpu,export,crf,dev
 STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: setup test test-fast demo bench build-ext gpu-check clean lint
+.PHONY: setup test test-fast test-integration labelstudio-venv demo bench build-ext gpu-check clean lint
 
 setup: $(STAMP)
 
@@ -28,6 +28,21 @@ lint: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Label Studio (server and SDK) in its own environment: its pins (opencv < 4.13, hence an older numpy) clash
+# with aesipe's. The tests find it there (or skip): the SDK decodes our brush masks in `make test`, and
+# `make test-integration` starts a real server (SQLite) and sends tasks through it.
+LS_VENV := .venv-labelstudio
+labelstudio-venv: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed:
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --no-cache-dir --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q --no-cache-dir "label-studio>=1.20"
+	touch $@
+
+test-integration: setup labelstudio-venv
+	$(BIN)/python -m pytest -q -m integration tests/review
 
 demo: setup
 	$(BIN)/aesipe-train demo

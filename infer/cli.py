@@ -58,7 +58,12 @@ def label(
                                                                       "the written class's probability."))] = DEFAULTS["confidence"],
     output_format: Annotated[str, typer.Option("--format", help=_help("formats", "coco: OUTPUT/annotations.json (RLE; "
                                                                       "pip install 'aesipe[coco]'); cvat: Segmentation mask "
-                                                                      "1.1. Comma-separated for several."))] = _listed("formats"),
+                                                                      "1.1; labelstudio: OUTPUT/labelstudio_tasks.json with "
+                                                                      "the masks as pre-annotations and "
+                                                                      "labelstudio_config.xml (implies --confidence). "
+                                                                      "Comma-separated for several."))] = _listed("formats"),
+    image_root: Annotated[Optional[str], typer.Option(help=_help("image_root"), metavar="URL")] = DEFAULTS["image_root"],
+    reviewed: Annotated[Optional[Path], typer.Option(help=_help("reviewed"), metavar="DIR")] = DEFAULTS["reviewed"],
     sheet: Annotated[bool, typer.Option(help=_help("sheet"))] = DEFAULTS["sheet"],
     tile: Annotated[Optional[int], typer.Option(help=_help("tile"), metavar="SIZE")] = DEFAULTS["tile"],
     tile_overlap: Annotated[Optional[float], typer.Option(help=_help("tile_overlap"), metavar="F")] = DEFAULTS["tile_overlap"],
@@ -77,6 +82,7 @@ def label(
         scales=scales, flip=flip, crf=crf, max_side=max_side, tile=tile, tile_overlap=tile_overlap, classes=classes,
         device=device, half=half, threads=threads, streams=streams, batch_size=batch_size, workers=workers,
         tags_csv=tags, overlay=overlay, confidence=confidence, formats=output_format, sheet=sheet, overwrite=overwrite,
+        image_root=image_root, reviewed=reviewed,
         engine=engine, ray_address=ray_address, actors=actors)
     report = label_folder(model, input, output, settings, log=lambda m: typer.echo(m, err=True))
     summary = report.summary

@@ -19,6 +19,7 @@ from typing import Callable
 
 from aesipe.utils.errors import UserError
 
+from . import reviewed
 from .gathered import gather_outputs
 from .job import LabelJob, open_job, plan_job
 from .labeler import Labeler
@@ -91,9 +92,11 @@ def _run(job: LabelJob, labeler: Labeler, tasks: list, engine, progress: bool, l
     """The job on a locked OUTPUT: clean up after a killed run, plan, label, report, gather."""
     report = Report.load_previous(job.layout.file(REPORT_FILE), {task.rel for task in tasks})
     job.layout.remove_temporaries()
-    plan = plan_job(job, tasks, report)
+    for_model, to_copy = reviewed.split_tasks(job, tasks, report)
+    plan = plan_job(job, for_model, report)
     stats, started = RunStats(), time.perf_counter()
     try:
+        reviewed.write_reviewed(job, to_copy, report, log)
         engine.run(job, labeler, plan, report, stats, progress, log)
     finally:  # also on Ctrl-C or a full disk: the report says what was finished, if it can be written
         report.summary = summarise(job, labeler, report, stats, time.perf_counter() - started,

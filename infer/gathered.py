@@ -1,7 +1,8 @@
 """The outputs that gather every image of a job, made once the images are done, from the files on disk
 and the report's records alone (so every engine calls the same ``gather_outputs``, and kept masks of
-earlier runs are included): COCO's ``annotations.json``, CVAT's ``labelmap.txt`` and image list,
-``review.csv`` and the contact sheet (``sheet.py``). All written atomically.
+earlier runs are included): COCO's ``annotations.json``, CVAT's ``labelmap.txt`` and image list, Label
+Studio's tasks and labelling config (``labelstudio.py``), ``review.csv`` and the contact sheet (``sheet.py``).
+All written atomically.
 """
 from __future__ import annotations
 
@@ -103,6 +104,12 @@ def gather_outputs(job: LabelJob, tasks: Sequence[ImageTask], report: Report) ->
     if "cvat" in s.formats:
         write_cvat(layout, [task.name for task, _ in done], classes, palette)
         written += [layout.file(LABELMAP_FILE), layout.file(CVAT_LIST)]
+    if "labelstudio" in s.formats:  # one mask in memory at a time
+        from .labelstudio import TaskEntry, write_tasks
+
+        entries = (TaskEntry(task.rel, load_label_png(layout.mask(task.name)), r.get("mean_confidence")) for task, r in done)
+        written += write_tasks(layout.root, entries, classes, palette, f"{job.model_path.name}@{job.model_id}",
+                               s.image_root)
     if s.confidence:
         rows = [{"image": task.rel, "mean_confidence": r["mean_confidence"], "uncertain_fraction": r["uncertain_fraction"],
                  "classes": " ".join(f"{k}:{v:.4f}" for k, v in sorted(r.get("classes", {}).items(), key=lambda kv: -kv[1])),

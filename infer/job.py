@@ -137,6 +137,10 @@ def open_job(model_path: str | Path, input_spec: str | Path, output_dir: str | P
     info = labeler.info
     if "cvat" in settings.formats:
         check_cvat_palette(info.classes, labeler.palette)
+    if settings.reviewed is not None:
+        from .reviewed import open_store
+
+        open_store(settings.reviewed, info)  # a wrong folder or other classes: said before any work
     tags = read_tags_csv(settings.tags_csv, info.classes[1:]) if settings.tags_csv else None  # read: a bad file fails
     if info.needs_tags and tags is None:
         raise UserError("this model is a pseudo-labeller: give the images' tags with --tags CSV (image,labels)")

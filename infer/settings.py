@@ -28,7 +28,7 @@ from typing import Any, Iterable
 from aesipe.contract import ModelInfo
 from aesipe.utils.errors import UserError
 
-FORMATS = ("png", "coco", "cvat")
+FORMATS = ("png", "coco", "cvat", "labelstudio")
 """Output formats, in the order they are written; ``png`` (the masks) is always made."""
 ENGINES = ("local", "ray")
 MIN_MAX_SIDE = 16
@@ -76,6 +76,11 @@ class LabelSettings:
                                                   "report and review.csv.")
     formats: tuple[str, ...] = _affects("outputs", ("png",), "png | coco | cvat (png, the masks, always).")
     sheet: bool = _affects("outputs", False, "Also write sheet.html, a contact sheet for review.")
+    image_root: str | None = _affects("outputs", None, "formats labelstudio: the tasks' image URL is this + the "
+                                                       "image's path below INPUT (default: Label Studio's "
+                                                       "local-file serving, /data/local-files/?d=<path>).")
+    reviewed: Path | None = _affects("outputs", None, "A run's reviewed masks (RUN/corrections): those images get "
+                                                      "the reviewed mask, marked reviewed, never relabelled.")
     overwrite: bool = _affects("outputs", False, "Redo every mask, valid or not.")
     # -- which engine ---------------------------------------------------------------------------------------
     engine: str = _affects("engine", "local", "local (threads) | ray (a Ray cluster).")
@@ -97,6 +102,12 @@ class LabelSettings:
         if self.tags_csv is not None:
             set_("tags_csv", Path(self.tags_csv))
         set_("formats", parse_formats(self.formats))
+        if "labelstudio" in self.formats and not self.confidence:
+            set_("confidence", True)  # a task's score is the image's mean confidence
+        if self.image_root is not None and "labelstudio" not in self.formats:
+            raise UserError("--image-root is for --format labelstudio (the tasks' image URLs)")
+        if self.reviewed is not None:
+            set_("reviewed", Path(self.reviewed))
         set_("tile_overlap", _check_tile(self.tile, self.tile_overlap))
         if self.tile is not None and (self.scales != (1.0,) or self.crf):
             raise UserError(f"--tile runs at scale 1.0 without a CRF (the CRF would need the whole image's "

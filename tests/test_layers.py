@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"core": REPO / "aesipe", "train": REPO / "train", "export": REPO / "export", "infer": REPO / "infer"}
 PACKAGE_OF = {"core": "aesipe", "train": "aesipe.train", "export": "aesipe.export", "infer": "aesipe.infer"}
 TORCH_FREE_CORE = ("aesipe.constants", "aesipe._version", "aesipe.utils", "aesipe.config", "aesipe.contract",
-                   "aesipe.imaging", "aesipe.tags", "aesipe.pseudo_labels", "aesipe.crf")
+                   "aesipe.imaging", "aesipe.tags", "aesipe.pseudo_labels", "aesipe.crf", "aesipe.corrections",
+                   "aesipe.labelstudio_rle")
 """The core modules the torch-free labelling side may use (they import no torch, at module level or lazily)."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from aesipe.constants import PROG_TRAIN as PROG
 from aesipe.utils.cli import add_commands, make_app, run_torch_cli, version_option
 
-from . import commands_data, commands_refine, commands_stage1
+from . import commands_data, commands_refine, commands_review, commands_stage1
 
 app = make_app(PROG, "Train AE-SIPE, IRN and DeepLabV3 from image-level tags, stage by stage or as one pipeline.")
 
@@ -29,6 +29,8 @@ add_commands(app, [
     ("make-seg-labels", commands_refine.make_seg_labels),
     ("seg", commands_refine.seg),
     ("eval-seg", commands_refine.eval_seg),
+    ("review-queue", commands_review.review_queue),
+    ("corrections", commands_review.corrections),
     ("import-checkpoint", commands_stage1.import_checkpoint),
     ("config", commands_stage1.config),
 ])  # fmt: skip

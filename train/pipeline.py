@@ -9,6 +9,10 @@ outputs are removed first, so no stage resumes from files made with other settin
 its ``running`` record and key; the re-run calls the stage again, and the stage resumes by itself
 (training from ``checkpoints/last.pt``, per-image stages from the files already written).
 Outputs of a stage run by hand (no record yet) are adopted, not removed.
+
+Inputs that no stage makes (``SOURCES``: a run's reviewed masks, ``<run>/corrections/``) join the ``inputs``
+of the stages that read them by their digest while they are present, so importing corrections redoes those
+stages and what depends on them, and nothing else (a run without corrections keeps its keys).
 """
 from __future__ import annotations
 
@@ -16,9 +20,9 @@ import importlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from aesipe.config import RUNTIME_ONLY_FIELDS, SCHEMA_VERSION, RunConfig, config_hash, to_dict
 from aesipe.utils.atomic import atomic_write_text
@@ -53,6 +57,31 @@ def _sections(cfg: Any, names: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _corrections_digest(cfg: Any) -> str | None:
+    """The run's reviewed masks (``aesipe-train corrections``); None when it has none (or ``cfg`` is a view of
+    aesipe 0.1's sections, which had none)."""
+    from aesipe.corrections import CorrectionStore
+
+    run_dir = getattr(cfg, "run_dir", None)
+    return CorrectionStore.of_run(run_dir).digest() if run_dir is not None else None
+
+
+SOURCES: dict[str, Callable[[Any], str | None]] = {"corrections": _corrections_digest}
+"""Inputs of a run that no stage makes, by name: their digest, None while absent. A stage lists those it reads
+in ``Stage.sources``; ``@reads(when={part: source})`` declares config parts read only while a source is present."""
+
+
+def source_digests(cfg: Any) -> dict[str, str | None]:
+    return {name: digest(cfg) for name, digest in SOURCES.items()}
+
+
+def _flag(cfg: Any, flag: str, sources: Mapping[str, str | None] | None = None) -> bool:
+    """A ``@reads(when=...)`` condition: a boolean config field, or the presence of a source."""
+    if flag in SOURCES:
+        return (sources[flag] if sources is not None else SOURCES[flag](cfg)) is not None
+    return bool(_value(cfg, flag))
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -62,16 +91,24 @@ class Stage:
     outputs: Callable[[RunConfig], list[str]]
     """Paths relative to the run directory that the stage makes (removed when it is redone)."""
     title: str = ""
+    sources: Mapping[str, str | None] = field(default_factory=dict)
+    """The ``SOURCES`` the stage reads, each with the boolean config field that must be true for it to read
+    the source (None: always); a present source's digest is one of the stage's inputs."""
 
     @property
     def run(self) -> Callable[[RunConfig], dict]:
         module, _, function = self.entry.partition(":")
         return getattr(importlib.import_module(f"{__package__}.stages.{module}"), function)
 
-    def reads(self, cfg: Any) -> tuple[str, ...]:
+    def reads(self, cfg: Any, sources: Mapping[str, str | None] | None = None) -> tuple[str, ...]:
         """The config parts this stage reads itself (its ancestors' are added through ``inputs``)."""
         declared: Reads = self.run.reads
-        return declared.always + tuple(part for part, flag in declared.when.items() if _value(cfg, flag))
+        return declared.always + tuple(part for part, flag in declared.when.items() if _flag(cfg, flag, sources))
+
+    def source_inputs(self, cfg: Any, sources: Mapping[str, str | None]) -> dict[str, str]:
+        """{source: digest} of the sources this stage reads now (present, and its condition true)."""
+        return {name: sources[name] for name, flag in self.sources.items()
+                if sources[name] is not None and (flag is None or _flag(cfg, flag, sources))}
 
 
 def _splits(cfg: RunConfig, *names: str) -> list[str]:
@@ -85,13 +122,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("make-cam", "make_cam:run_make_cam", ("train",), lambda c: [f"cams/{s}" for s in _splits(c, "train", "seg", "cam")],
           "CAMs"),
     Stage("eval-cam", "evaluate:run_eval_cam", ("make-cam",), lambda c: ["cam_eval.json"], "stage-1 pseudo-labels"),
-    Stage("ir-label", "ir_label:run_ir_label", ("make-cam",), lambda c: [f"ir_labels/{c.data.train_split}"], "IR labels"),
+    Stage("ir-label", "ir_label:run_ir_label", ("make-cam",), lambda c: [f"ir_labels/{c.data.train_split}"], "IR labels",
+          sources={"corrections": "corrections.ir_labels"}),
     Stage("irn", "irn:run_irn", ("ir-label",), lambda c: ["irn"], "IRN"),
     Stage("make-seg-labels", "random_walk:run_make_seg_labels", ("irn", "make-cam"),
           lambda c: [f"seg_labels/{s}" for s in _splits(c, "seg", "cam")], "random-walk labels"),
     Stage("eval-seg-labels", "seg_eval:run_eval_seg_labels", ("make-seg-labels",), lambda c: ["seg_labels_eval.json"],
           "random-walk pseudo-labels"),
-    Stage("seg", "seg:run_seg", ("make-seg-labels",), lambda c: ["seg"], "DeepLabV3"),
+    Stage("seg", "seg:run_seg", ("make-seg-labels",), lambda c: ["seg"], "DeepLabV3", sources={"corrections": None}),
     Stage("eval-seg", "seg_eval:run_eval_seg", ("seg",), lambda c: ["seg_eval.json"], "DeepLabV3"),
 )  # fmt: skip
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -116,11 +154,12 @@ def stage_hashes(cfg: Any, sections: dict[str, tuple[str, ...]] | None = None) -
     """Per stage: ``config_hash`` (the parts it and its ancestors read), ``inputs`` {stage: key}, ``key``.
 
     ``sections`` replaces some stages' own declarations (aesipe 0.1's, see ``pipeline_legacy``)."""
-    own = {stage.name: stage.reads(cfg) for stage in STAGES} | (sections or {})
+    sources = source_digests(cfg)
+    own = {stage.name: stage.reads(cfg, sources) for stage in STAGES} | (sections or {})
     out: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
         chash = config_hash(_sections(cfg, hashed_reads(stage.name, own)))
-        inputs = {p: out[p]["key"] for p in stage.inputs}
+        inputs = {p: out[p]["key"] for p in stage.inputs} | stage.source_inputs(cfg, sources)
         out[stage.name] = {"config_hash": chash, "inputs": inputs, "key": config_hash({"c": chash, "i": inputs})}
     return out
 
@@ -152,6 +191,14 @@ def _remove_outputs(run_dir: Path, outputs: list[str]) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def _why_redone(record: dict, now: dict) -> str:
+    """What made a finished stage's key change: a source it reads (``corrections changed``; the config parts read
+    only while it is present change with it), else its config or an ancestor's (``config changed``)."""
+    old_inputs, new_inputs = record.get("inputs", {}), now["inputs"]
+    changed = [name for name in SOURCES if old_inputs.get(name) != new_inputs.get(name)]
+    return " and ".join(changed) + " changed" if changed else "config changed"
 
 
 def _check_stage(name: str | None, option: str) -> None:
@@ -187,6 +234,8 @@ def run_pipeline(
     hashes = stage_hashes(cfg)
     manifest = read_manifest(run_dir)
     records = manifest["stages"]
+    for line in _source_lines(hashes, records):
+        echo(line)
     adopted = adopt_legacy_records(records, cfg, hashes)
     forced = set(STAGE_NAMES[STAGE_NAMES.index(start):]) if start else set()
     last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
@@ -214,7 +263,8 @@ def run_pipeline(
         same_key = record is not None and record.get("key") == key
         if record is not None and (not same_key or stage.name in forced):
             _remove_outputs(run_dir, list(dict.fromkeys([*record.get("outputs", []), *outputs])))
-            echo(f"[{stage.name}] {'redone' if stage.name in forced else 'config changed'}: old outputs removed")
+            echo(f"[{stage.name}] {'redone' if stage.name in forced else _why_redone(record, hashes[stage.name])}: "
+                 "old outputs removed")
         elif record is not None and record.get("status") in ("running", "failed", "interrupted"):
             if record["status"] == "failed":
                 echo(f"[{stage.name}] resuming after a failure ({record.get('error', 'no reason recorded')})")
@@ -234,6 +284,18 @@ def run_pipeline(
         records[stage.name].update(status="done", finished=_now(), **({"metrics": metrics} if metrics else {}))
         _write_manifest(run_dir, manifest)
     return manifest
+
+
+def _source_lines(hashes: dict[str, dict], records: dict[str, dict]) -> list[str]:
+    """One line per source that changed since the recorded run: which stages read it (they, and what
+    depends on them, are redone)."""
+    lines = []
+    for name in SOURCES:
+        readers = [s.name for s in STAGES if s.name in records and records[s.name].get("inputs", {}).get(name)
+                   != hashes[s.name]["inputs"].get(name)]
+        if readers:
+            lines.append(f"[{name}] changed: {', '.join(readers)} read them, so they and what depends on them are redone")
+    return lines
 
 
 def run_stage(stage: Stage, cfg: RunConfig) -> dict:

@@ -22,6 +22,7 @@ from .schema import (
     RUNTIME_ONLY_FIELDS,
     SCHEMA_VERSION,
     CamConfig,
+    CorrectionsConfig,
     CrfConfig,
     DataConfig,
     IrLabelConfig,
@@ -39,7 +40,8 @@ from .schema import (
 __all__ = [
     "ConfigError", "FieldError", "config_hash", "from_dict", "load_config", "merge", "parse_overrides",
     "save_config", "to_dict",
-    "PAPER_LR", "REFERENCE_LR", "RUNTIME_ONLY_FIELDS", "SCHEMA_VERSION", "CamConfig", "CrfConfig", "DataConfig", "IrLabelConfig",
+    "PAPER_LR", "REFERENCE_LR", "RUNTIME_ONLY_FIELDS", "SCHEMA_VERSION", "CamConfig", "CorrectionsConfig", "CrfConfig",
+    "DataConfig", "IrLabelConfig",
     "IrnConfig", "ModelConfig", "RandomWalkConfig", "RunConfig", "RuntimeConfig", "SegConfig", "SolverConfig",
     "TrainConfig", "run_config_from_saved",
 ]

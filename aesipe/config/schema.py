@@ -18,8 +18,9 @@ from .legacy import MOVED_KEYS, SCHEMA_VERSION, move_legacy_keys, upgrade_saved
 from .loading import ConfigError, from_dict
 from .sections import CamConfig, CrfConfig, DataConfig, ModelConfig, RuntimeConfig, SolverConfig, TrainConfig
 from .sections_refine import IrLabelConfig, IrnConfig, RandomWalkConfig, SegConfig
+from .sections_review import CorrectionsConfig
 
-__all__ = ["CamConfig", "CrfConfig", "DataConfig", "IrLabelConfig", "IrnConfig", "ModelConfig", "RandomWalkConfig",
+__all__ = ["CamConfig", "CorrectionsConfig", "CrfConfig", "DataConfig", "IrLabelConfig", "IrnConfig", "ModelConfig", "RandomWalkConfig",
            "RunConfig", "RuntimeConfig", "SegConfig", "SolverConfig", "TrainConfig", "PAPER_LR", "REFERENCE_LR",
            "RUNTIME_ONLY_FIELDS",
            "SCHEMA_VERSION", "read_run_config", "run_config_from_saved"]
@@ -54,6 +55,7 @@ class RunConfig:
     irn: IrnConfig = field(default_factory=IrnConfig)
     random_walk: RandomWalkConfig = field(default_factory=RandomWalkConfig)
     seg: SegConfig = field(default_factory=SegConfig)
+    corrections: CorrectionsConfig = field(default_factory=CorrectionsConfig)
 
 
 def read_run_config(path) -> RunConfig:

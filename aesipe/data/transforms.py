@@ -14,6 +14,7 @@ is reproducible whatever the number of DataLoader workers and whichever worker g
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -24,7 +25,6 @@ from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX, load_label_png
 
 from .dataset import SegmentationDataset
-
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -139,30 +139,43 @@ class ClassificationDataset(_AugmentedDataset):
 class SegTrainDataset(_AugmentedDataset):
     """Stage 3 samples: dict(image [3,S,S] float, label [S,S] int64 with 255 = ignore, valid [S,S], id).
 
-    Labels are palette PNGs ``label_dir/<id>.png`` (pseudo-labels), same size as the images.
+    Labels are palette PNGs ``label_dir/<id>.png`` (pseudo-labels), same size as the images. ``corrected``
+    ({id: PNG}) gives reviewed masks that replace those images' pseudo-labels; each corrected image is drawn
+    ``corrected_repeat`` times per epoch (its repeats get their own augmentation draws).
     """
 
     def __init__(self, ds: SegmentationDataset, label_dir: str | Path, *, crop_size: int, scale_range: tuple[float, float],
-                 flip: bool, jitter: float, seed: int):
+                 flip: bool, jitter: float, seed: int, corrected: Mapping[str, str | Path] | None = None,
+                 corrected_repeat: int = 1):
         super().__init__(ds, crop_size, flip, jitter, seed)
         self.label_dir = Path(label_dir)
         if not self.label_dir.is_dir():
             raise UserError(f"label folder not found: {self.label_dir}")
-        missing = [i for i in ds.ids if not (self.label_dir / f"{i}.png").is_file()]
+        known = set(ds.ids)
+        self.corrected = {i: Path(p) for i, p in (corrected or {}).items() if i in known}
+        missing = [i for i in ds.ids if i not in self.corrected and not (self.label_dir / f"{i}.png").is_file()]
         if missing:
             raise UserError(
                 f"{len(missing)} of {len(ds.ids)} images have no label PNG in {self.label_dir} (first: {missing[0]})"
             )
         self.scale_range = scale_range
+        self.order = [i for i in ds.ids for _ in range(corrected_repeat if i in self.corrected else 1)]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def label_path(self, image_id: str) -> Path:
+        return self.corrected.get(image_id) or self.label_dir / f"{image_id}.png"
 
     def __getitem__(self, index: int) -> dict:
-        image_id = self.ds.ids[index]
+        image_id = self.order[index]
         rng = sample_rng(self.seed, self.epoch, index)
         image = self.ds.load_image(image_id)
-        label = load_label_png(self.label_dir / f"{image_id}.png")
+        path = self.label_path(image_id)
+        label = load_label_png(path)
         if label.shape != image.shape[:2]:
             raise UserError(
-                f"label {self.label_dir / (image_id + '.png')} is {label.shape[1]}x{label.shape[0]} but its image is "
+                f"label {path} is {label.shape[1]}x{label.shape[0]} but its image is "
                 f"{image.shape[1]}x{image.shape[0]} (WxH)"
             )
         image, label = rescale(image, label, float(rng.uniform(*self.scale_range)))

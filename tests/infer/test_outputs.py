@@ -199,7 +199,7 @@ def test_labeler_returns_probabilities_and_labels_lists(colour_onnx, pl_onnx, sc
 
 # ---- mistakes: one line, exit 2, nothing processed ----------------------------------------------------------------
 @pytest.mark.parametrize("pseudo, args, message", [
-    (False, ["--format", "xml"], "--format must be png, coco or cvat"),
+    (False, ["--format", "xml"], "--format must be png, coco, cvat or labelstudio"),
     (False, ["--tile", "8"], "--tile must be at least 32"),
     (False, ["--tile", "64", "--tile-overlap", "0.95"], "--tile-overlap must lie in [0, 0.9]"),
     (False, ["--tile-overlap", "0.5"], "--tile-overlap needs --tile SIZE"),

@@ -15,7 +15,8 @@ class Reads:
 
     always: tuple[str, ...]
     when: Mapping[str, str] = field(default_factory=dict)
-    """Parts read only when a boolean field is true: ``{"crf": "seg.test_crf"}``."""
+    """Parts read only when a boolean field is true, ``{"crf": "seg.test_crf"}``, or while an input the
+    pipeline names is present, ``{"corrections.seg_repeat": "corrections"}`` (``pipeline.SOURCES``)."""
 
 
 def reads(*parts: str, when: Mapping[str, str] | None = None) -> Callable[[Callable], Callable]:

@@ -7,7 +7,9 @@ range on them (eval-cam's rule) and stores the best one in the run's config: ``c
 (eval-cam, the CRF pseudo-labels and the exported pseudo-labeller use it) and the IR labels' pair, with
 the authors' ratio kept (bg_conf at the scale, fg_conf at scale / 0.8, at least 1.0). The choice, the
 images it was made on and the whole curve go to ``<run>/calibration.json``. Judge the result on a split
-the calibration did not see.
+the calibration did not see. With ``corrections.calibrate`` the run's reviewed masks count as masks too
+(``<run>/corrections/``: a corrected image is judged on its reviewed mask), so a dataset without masks can
+be calibrated on a few corrected images.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from aesipe.config import RunConfig
+from aesipe.corrections import CorrectionStore
 from aesipe.data import open_dataset
 from aesipe.utils.atomic import atomic_write_text
 from aesipe.utils.errors import UserError
@@ -51,20 +54,22 @@ def calibrate(cfg: RunConfig, split: str | None = None, images: int = 20, scales
     if len(scales) < 2 or min(scales) <= 0:
         raise UserError(f"calibration needs at least two positive background scales, got {list(scales)}")
     ds = open_dataset(cfg.data, split)
-    with_masks = [i for i in ds.ids if ds.mask_path(i) is not None]
+    corrected = CorrectionStore.of_run(cfg.run_dir).masks_for(ds) if cfg.corrections.calibrate else {}
+    with_masks = [i for i in ds.ids if i in corrected or ds.mask_path(i) is not None]
     if not with_masks:
         raise UserError(f"no image of split {split!r} in {ds.root} has a mask: calibration needs a few masks")
     chosen = spread(with_masks, images)
     folder = cam_dir(cfg, split)
     if any(not (folder / f"{i}.npz").is_file() for i in chosen):
         make_cams(cfg, split, checkpoint, ids=chosen, progress=progress)  # only the CAM files still missing
-    result = evaluate_cams(cfg, split, "maps", scales, ids=chosen, progress=progress)
+    result = evaluate_cams(cfg, split, "maps", scales, ids=chosen, progress=progress, mask_paths=corrected)
     best = float(result["best_background_scale"])
     fg_scale = max(1.0, round(best / AUTHORS_IR_RATIO, 4))
     calibrated = replace(cfg, cam=replace(cfg.cam, background_scale=best),
                          ir_label=replace(cfg.ir_label, bg_background_scale=best, fg_background_scale=fg_scale))
     record = {
         "format": "aesipe-calibration", "version": 1, "split": split, "images": chosen,
+        "corrected_images": [i for i in chosen if i in corrected],
         "map_key": "maps", "map": cfg.cam.map, "background_scale": best,
         "previous_background_scale": cfg.cam.background_scale,
         "ir_label": {"fg_background_scale": fg_scale, "bg_background_scale": best},

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -142,8 +142,10 @@ def evaluate_cams(
     crf_protocol: CrfProtocol | None = None,
     progress: bool = True,
     ids: Sequence[str] | None = None,
+    mask_paths: Mapping[str, Path] | None = None,
 ) -> dict:
-    """mIoU etc. of the run's CAM files on ``split`` (default ``data.cam_split``; ``ids``: only those images).
+    """mIoU etc. of the run's CAM files on ``split`` (default ``data.cam_split``; ``ids``: only those images;
+    ``mask_paths``: masks that replace or add to the dataset's, e.g. a run's corrections).
 
     Every scale in ``background_scales`` (default: ``cam.background_scale``, or for the ``ir``
     protocol ``ir_label.bg_background_scale``) is judged; the headline figures are those of the first,
@@ -165,6 +167,8 @@ def evaluate_cams(
         if unknown:
             raise UserError(f"image {unknown[0]!r} is not in split {split!r} of {ds.root}")
         ds = replace(ds, ids=list(ids))
+    if mask_paths:
+        ds = replace(ds, mask_paths={**ds.mask_paths, **mask_paths})
     if not ds.has_masks:
         raise UserError(f"split {split!r} of {ds.root} has no ground-truth masks for every image: cannot evaluate")
     cams = cam_paths(cfg, ds, split)

@@ -3,7 +3,8 @@
 ``<run>/ir_labels/<split>/<id>.png``: palette PNGs of label values with 255 = unsure, made by
 ``aesipe.crf.ir_labels`` (fg_conf = CRF(argmax of the maps as they are), bg_conf = CRF(argmax
 with background x ``ir_label.bg_background_scale``)). Parallel over images, resumable (finished PNGs
-are kept while the settings stay the same), each PNG written atomically.
+are kept while the settings stay the same), each PNG written atomically. With ``corrections.ir_labels``
+an image with a reviewed mask (``<run>/corrections/``) gets that mask as its IR label instead.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import numpy as np
 
 from aesipe import crf as crf_ops
 from aesipe.config import CrfConfig, IrLabelConfig, RunConfig
+from aesipe.corrections import CorrectionStore
 from aesipe.data import SegmentationDataset, open_dataset
 from aesipe.utils.errors import UserError
-from aesipe.utils.labelpng import save_label_png
+from aesipe.utils.labelpng import load_label_png, save_label_png
 
 from ..runconfig import save_run_config
 from . import reads
@@ -31,9 +33,13 @@ class _IrContext:
     out_dir: Path
     crf: CrfConfig
     ir: IrLabelConfig
+    corrected: dict[str, Path]
 
 
 def _write_ir_label(ctx: _IrContext, image_id: str) -> str:
+    if image_id in ctx.corrected:  # a reviewed mask: certain everywhere but its void
+        save_label_png(ctx.out_dir / f"{image_id}.png", load_label_png(ctx.corrected[image_id]), ctx.ds.palette)
+        return image_id
     classes, maps = load_cam_file(ctx.cams[image_id], "maps")
     image = ctx.ds.load_image(image_id)
     if image.shape[:2] != maps.shape[1:]:
@@ -58,15 +64,19 @@ def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = Tr
         "bg_background_scale": cfg.ir_label.bg_background_scale,
         "crf": asdict(cfg.crf) | {"workers": None, "protocol": None},
     }
+    store = CorrectionStore.of_run(cfg.run_dir)
+    corrected = store.masks_for(ds) if len(store) and cfg.corrections.ir_labels else {}
+    if corrected:  # only then: a run without corrections keeps the IR labels it made before
+        settings["corrections"] = store.digest(list(corrected))
     cams = cam_paths(cfg, ds, split)
     save_run_config(cfg)
     prepare_label_dir(out_dir, settings, cam_dir(cfg, split))
-    ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label)
+    ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label, corrected)
     write_label_pngs(out_dir, ds.ids, _write_ir_label, ctx, cfg.ir_label.workers, f"ir-labels {split}", progress)
     return out_dir
 
 
-@reads("crf", "ir_label")
+@reads("crf", "ir_label", when={"corrections.ir_labels": "corrections"})
 def run_ir_label(cfg: RunConfig) -> dict:
     """The pipeline's ``ir-label``."""
     make_ir_labels(cfg, cfg.data.train_split)

@@ -5,6 +5,9 @@ random crop (labels padded with 255), cross-entropy ignoring 255, SGD with momen
 head at ``seg.head_lr_mult`` x the backbone's learning rate; AMP on CUDA, DDP under torchrun.
 Writes ``<run>/seg/checkpoints/last.pt`` (resumable), ``seg/log.csv`` and ``seg/final.pt`` (kind
 ``deeplabv3``, with class names and the resolved config: what ``aesipe-export`` needs).
+
+Reviewed masks (``<run>/corrections/``, ``aesipe-train corrections``) replace the pseudo-labels of their
+images, always; ``corrections.seg_repeat`` draws each of them that many times per epoch.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from aesipe.config import RUNTIME_ONLY_FIELDS, RunConfig, SegConfig, run_config_from_saved, to_dict
+from aesipe.corrections import CorrectionStore
 from aesipe.models.deeplab import DeepLabV3Segmenter, build_deeplabv3
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import IGNORE_INDEX
@@ -67,8 +71,14 @@ def train_seg(cfg: RunConfig) -> Path:
         engine.seed_everything(s.seed)
         ds = open_dataset(cfg.data, split)
         check_training_images(ds, Path(cfg.run_dir), write=info.is_main)  # before step 1, not at step N
+        store = CorrectionStore.of_run(cfg.run_dir)
+        corrected = store.masks_for(ds)
+        repeat = cfg.corrections.seg_repeat if len(store) else 1  # read while the run has corrections (@reads)
         dataset = SegTrainDataset(ds, labels, crop_size=s.crop_size, scale_range=s.scale_range, flip=True,
-                                  jitter=s.color_jitter, seed=s.seed)
+                                  jitter=s.color_jitter, seed=s.seed, corrected=corrected, corrected_repeat=repeat)
+        if corrected and info.is_main:
+            print(f"seg: {len(corrected)} of {len(ds)} images train on their reviewed masks"
+                  + (f" (drawn {repeat}x)" if repeat > 1 else ""))
         model = build_deeplabv3(
             ds.num_classes, s.backbone, backbone_weights(cfg, s.backbone, s.pretrained), s.no_pretrained, s.freeze_bn
         )
@@ -77,7 +87,7 @@ def train_seg(cfg: RunConfig) -> Path:
         if s.batch_size < 2 and not s.freeze_bn:
             raise UserError("seg.batch_size=1 cannot train BatchNorm (ASPP pooling sees one value): use 2+ or seg.freeze_bn=true")
         optimizer, scheduler, spec = loop.solver_setup(
-            s, "seg", [model.backbone.parameters(), model.classifier.parameters()], [1.0, s.head_lr_mult], len(ds),
+            s, "seg", [model.backbone.parameters(), model.classifier.parameters()], [1.0, s.head_lr_mult], len(dataset),
             info, cfg.runtime, stage_dir=seg_dir(cfg), kind="deeplabv3", workers=cfg.data.workers,
         )
         if info.is_main:
@@ -107,7 +117,7 @@ SEG_TRAINING_FIELDS = tuple(f"seg.{f.name}" for f in fields(SegConfig)
 what only changes how fast it runs."""
 
 
-@reads(*SEG_TRAINING_FIELDS, "runtime.amp")
+@reads(*SEG_TRAINING_FIELDS, "runtime.amp", when={"corrections.seg_repeat": "corrections"})
 def run_seg(cfg: RunConfig) -> dict:
     """The pipeline's ``seg``."""
     train_seg(cfg)
