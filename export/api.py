@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -47,12 +48,13 @@ def cam_settings_of(loaded: LoadedModel, scales=None, flip: bool | None = None, 
                     pamr or run.pamr, run.pamr_iters, run.pamr_dilations, run.pamr_backend)
 
 
-def build_graph(loaded: LoadedModel, net: torch.nn.Module, test_time: CamSettings | None, half: bool) -> torch.nn.Module:
+def build_graph(loaded: LoadedModel, net: torch.nn.Module, test_time: CamSettings | None, half: bool,
+                fallback_output: bool = False) -> torch.nn.Module:
     if loaded.what == "segmenter":
         graph = SegmenterGraph(net, IMAGENET_MEAN, IMAGENET_STD, half=half)
     else:
         graph = PseudoLabellerGraph(net, loaded.cfg.cam.map, loaded.cfg.cam.background_scale, test_time,
-                                    IMAGENET_MEAN, IMAGENET_STD, half=half)
+                                    IMAGENET_MEAN, IMAGENET_STD, half=half, fallback_output=fallback_output)
     graph.eval().requires_grad_(False)  # PAMR refuses gradients; export needs none
     return graph
 
@@ -83,6 +85,13 @@ def _metadata(loaded: LoadedModel, test_time: CamSettings | None, fmt: ExportFor
                                  "background_scale, argmax (aesipe.pseudo_labels)")
         output["map"] = loaded.cfg.cam.map
         output["test_time"] = test_time.describe()
+        if fmt.name == "onnx":
+            output["names"] = [*output["names"], "fallback"]
+            output["fallback"] = ("uint8 [batch, classes]: 1 where a tagged class's map was zero everywhere and "
+                                  "its pre-ReLU CAM stands in (count those images)")
+        if loaded.cfg.cam.crf:
+            output["crf"] = {"protocol": "label", **{k: v for k, v in dataclasses.asdict(loaded.cfg.crf).items()
+                                                     if k not in ("workers", "protocol")}}
     pamr = None
     if not seg and test_time.pamr != "off":
         pamr = {"mode": test_time.pamr, "num_iter": test_time.pamr_iters, "dilations": list(test_time.pamr_dilations),
@@ -109,8 +118,10 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
     num_classes = len(loaded.class_names) - 1
     if loaded.what == "pseudo_labeller" and test_time is None:
         test_time = cam_settings_of(loaded)
-    reference = build_graph(loaded, loaded.net, test_time, half=False)
-    graph = build_graph(loaded, copy.deepcopy(loaded.net), test_time, half=True) if half else reference
+    with_fallback = fmt.name == "onnx"  # aesipe-label's TorchScript backend reads two outputs (scores, labels)
+    reference = build_graph(loaded, loaded.net, test_time, half=False, fallback_output=with_fallback)
+    graph = (build_graph(loaded, copy.deepcopy(loaded.net), test_time, half=True, fallback_output=with_fallback)
+             if half else reference)
     samples = sample_inputs(64, 96, None if loaded.what == "segmenter" else num_classes)
     input_names = ["image"] if loaded.what == "segmenter" else ["image", "tags"]
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +144,8 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
 
                 opset = opset or DEFAULT_OPSET
                 metadata = _metadata(loaded, test_time, fmt, opset, half)
-            fmt.write(graph, samples, input_names, ["scores", "labels"], metadata, partial, opset=opset)
+            outputs = ["scores", "labels"] + (["fallback"] if with_fallback and loaded.what != "segmenter" else [])
+            fmt.write(graph, samples, input_names, outputs, metadata, partial, opset=opset)
         log(f"written in {time.perf_counter() - started:.0f} s" + ("; checking it against PyTorch at two sizes" if verify else ""))
         if verify:
             result = verify_file(partial, reference, None if loaded.what == "segmenter" else num_classes,

@@ -96,6 +96,8 @@ def eval_cam(
     _choice(map_key, MAP_KEYS, "--map-key")
     protocol = _choice(protocol, ("label", "ir"), "--protocol") or cfg.crf.protocol
     scales = [cfg.cam.background_scale, *(_parse_scales(sweep) or cfg.cam.sweep)]
+    if cfg.cam.crf and map_key == "maps" and not crf:  # the run's pseudo-labels are CRF-refined (calibrate)
+        crf, protocol = True, "label"
     plain = evaluate_cams(cfg, split, map_key, scales)
     typer.echo(describe(plain))
     with_crf = None
@@ -150,17 +152,23 @@ def calibrate(
                                                                    "0.5:1.5:0.05).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Stage-1 checkpoint (default: "
                                                                             "RUN_DIR/stage1/final.pt).")] = None,
+    maps: Annotated[Optional[str], typer.Option("--maps", help="Maps to choose from, e.g. iscam,aeiscam (default: "
+                                                               "every map the network makes).")] = None,
+    crf: Annotated[bool, typer.Option("--crf/--no-crf", help="Also try the label CRF on each map.")] = True,
 ) -> None:
-    """Pick the background scale on a few masks you have (makes their CAMs if needed) and store it in the run.
+    """Choose the map (CAM, IS-CAM, AE-IS-CAM), its background scale and whether the CRF helps on a few masks
+    you have (makes their CAMs if needed), and store the choice in the run.
 
-    eval-cam, the CRF pseudo-labels, the IR labels and the exported pseudo-labeller then use it. Judge the
-    result on images the calibration did not see."""
+    eval-cam, the CRF pseudo-labels, the IR labels, the pipeline and the exported pseudo-labeller then use it.
+    Judge the result on images the calibration did not see."""
     from .runconfig import resolve_run_config
     from .stages.calibrate import calibrate as run
     from .stages.calibrate import describe
 
     cfg = resolve_run_config(_existing_run(run_dir), recipe, overrides or [])
-    _, record = run(cfg, split, images, _parse_scales(scales, "--scales") or None, checkpoint)
+    chosen_maps = [m.strip() for m in maps.split(",") if m.strip()] if maps else None
+    _, record = run(cfg, split, images, _parse_scales(scales, "--scales") or None, checkpoint,
+                    maps=chosen_maps, crf=crf)
     typer.echo(describe(record))
 
 

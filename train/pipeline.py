@@ -76,7 +76,8 @@ def _run_make_cam(cfg: RunConfig) -> dict:
 def _run_eval_cam(cfg: RunConfig) -> dict:
     from .stages.evaluate import describe, evaluate_cams, save_cam_eval
 
-    result = evaluate_cams(cfg, cfg.data.cam_split, "maps", [cfg.cam.background_scale, *cfg.cam.sweep])
+    result = evaluate_cams(cfg, cfg.data.cam_split, "maps", [cfg.cam.background_scale, *cfg.cam.sweep],
+                           crf_protocol="label" if cfg.cam.crf else None)  # the labels as the run makes them
     print(describe(result))
     save_cam_eval(cfg, result)
     return {"miou": result["miou"], "split": cfg.data.cam_split}
@@ -127,7 +128,14 @@ def _run_eval_seg(cfg: RunConfig) -> dict:
     result = evaluate_segmenter(cfg)
     print(describe(result, "DeepLabV3"))
     save_eval(cfg, result)
-    return {"miou": result["miou"], "split": cfg.data.eval_split}
+    metrics = {"miou": result["miou"], "split": cfg.data.eval_split}
+    if cfg.data.cam_split != cfg.data.eval_split:  # like for like with its training labels (summary_lines)
+        try:
+            metrics["miou_on_labels_split"] = evaluate_segmenter(cfg, cfg.data.cam_split)["miou"]
+            metrics["labels_split"] = cfg.data.cam_split
+        except UserError:  # that split has no masks
+            pass
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -152,14 +160,15 @@ _DATA_FIELDS = ("data.root", "data.kind", "data.train_split", "data.labels_csv")
 
 STAGES: tuple[Stage, ...] = (
     Stage("train", _DATA_FIELDS + ("model", "train", "runtime.amp"), (), _run_train, lambda c: ["stage1"], "stage 1 (AE-SIPE)"),
-    Stage("make-cam", ("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map", "cam.pamr"), ("train",), _run_make_cam,
+    Stage("make-cam", ("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.pamr", "cam.zero_map_fallback"),
+          ("train",), _run_make_cam,
           lambda c: [f"cams/{s}" for s in _splits(c, "train", "seg", "cam")], "CAMs"),
-    Stage("eval-cam", ("cam.background_scale", "cam.sweep"), ("make-cam",), _run_eval_cam,
+    Stage("eval-cam", ("cam.map", "cam.background_scale", "cam.crf", "cam.sweep", "crf"), ("make-cam",), _run_eval_cam,
           lambda c: ["cam_eval.json"], "stage-1 pseudo-labels"),
-    Stage("ir-label", ("crf", "ir_label"), ("make-cam",), _run_ir_label,
+    Stage("ir-label", ("cam.map", "crf", "ir_label"), ("make-cam",), _run_ir_label,
           lambda c: [f"ir_labels/{c.data.train_split}"], "IR labels"),
     Stage("irn", ("irn", "runtime.amp"), ("ir-label",), _run_irn, lambda c: ["irn"], "IRN"),
-    Stage("make-seg-labels", ("random_walk",), ("irn", "make-cam"), _run_make_seg_labels,
+    Stage("make-seg-labels", ("random_walk", "cam.map", "cam.background_scale"), ("irn", "make-cam"), _run_make_seg_labels,
           lambda c: [f"seg_labels/{s}" for s in _splits(c, "seg", "cam")], "random-walk labels"),
     Stage("eval-seg-labels", (), ("make-seg-labels",), _run_eval_seg_labels,
           lambda c: ["seg_labels_eval.json"], "random-walk pseudo-labels"),
@@ -274,10 +283,31 @@ def run_pipeline(
 
 
 def summary_lines(manifest: dict[str, Any]) -> list[str]:
-    """The mIoU the evaluation stages recorded, in pipeline order."""
+    """The mIoU the evaluation stages recorded, in pipeline order, and a warning for each stage whose output
+    is worse than its input on the same images."""
     lines = []
     for stage in STAGES:
         metrics = manifest["stages"].get(stage.name, {}).get("metrics")
         if metrics and metrics.get("miou") is not None:
             lines.append(f"{stage.title:<28} mIoU {100 * metrics['miou']:5.1f}%  ({metrics['split']})")
+    return lines + regression_lines(manifest)
+
+
+def regression_lines(manifest: dict[str, Any]) -> list[str]:
+    """"worse than its input" lines: IRN's random-walk labels against the stage-1 labels they were made from,
+    and the segmenter against the random-walk labels it learned from (both judged on the same split)."""
+    def metric(name: str, key: str = "miou", split_key: str = "split") -> tuple[float, str] | None:
+        metrics = manifest["stages"].get(name, {}).get("metrics") or {}
+        return (metrics[key], metrics[split_key]) if metrics.get(key) is not None else None
+
+    pairs = (("random-walk pseudo-labels (IRN)", metric("eval-seg-labels"), "stage-1 pseudo-labels they were made from",
+              metric("eval-cam")),
+             ("DeepLabV3", metric("eval-seg", "miou_on_labels_split", "labels_split"),
+              "random-walk pseudo-labels it was trained on", metric("eval-seg-labels")))
+    lines = []
+    for what, output, source, given in pairs:
+        if output and given and output[1] == given[1] and output[0] < given[0]:
+            lines.append(f"! {what} {100 * output[0]:.1f}% on {output[1]} are "
+                         f"{100 * (given[0] - output[0]):.1f} points below the {source} ({100 * given[0]:.1f}%): "
+                         "this stage made the pseudo-labels worse")
     return lines

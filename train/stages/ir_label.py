@@ -30,10 +30,11 @@ class _IrContext:
     out_dir: Path
     crf: CrfConfig
     ir: IrLabelConfig
+    selection: str
 
 
 def _write_ir_label(ctx: _IrContext, image_id: str) -> str:
-    classes, maps = load_cam_file(ctx.cams[image_id], "maps")
+    classes, maps = load_cam_file(ctx.cams[image_id], "maps", ctx.selection)
     image = ctx.ds.load_image(image_id)
     if image.shape[:2] != maps.shape[1:]:
         raise UserError(f"{ctx.cams[image_id]}: maps are {maps.shape[2]}x{maps.shape[1]} but the image is "
@@ -55,11 +56,12 @@ def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = Tr
         "kind": "ir_labels",
         "fg_background_scale": cfg.ir_label.fg_background_scale,
         "bg_background_scale": cfg.ir_label.bg_background_scale,
+        "map": cfg.cam.map,
         "crf": asdict(cfg.crf) | {"workers": None, "protocol": None},
     }
     cams = cam_paths(cfg, ds, split)
     save_run_config(cfg)
     prepare_label_dir(out_dir, settings, cam_dir(cfg, split))
-    ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label)
+    ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label, cfg.cam.map)
     write_label_pngs(out_dir, ds.ids, _write_ir_label, ctx, cfg.ir_label.workers, f"ir-labels {split}", progress)
     return out_dir
