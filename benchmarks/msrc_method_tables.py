@@ -209,6 +209,8 @@ def print_method_tables(args) -> None:
         for view, what in (("", "final (averaged) weights"), ("/last", "last weights")):
             print(f"\n### The recipe switches one at a time, {what} (val mIoU at x1.0)\n")
             print(table_switches(out, args.switch_seeds, ["new", *switch_recipes], view))
+    print("\n### A tagged class with an all-zero map, and its stand-ins (val mIoU %)\n")
+    print(table_zero_maps(out, seeds))
     print("\n### AE at training vs at inference (val mIoU at x1.0)\n")
     print(table_ae_where(out, seeds))
     print("\n### Where AE changes the maps: per class at x1.0, mean over seeds (%)\n")
@@ -245,4 +247,24 @@ def table_ensemble(out: Path, data_root: Path, seeds: list[int], k: int, recipe:
         vals = [ensemble_miou(out, data_root, [f"{recipe}/{net}/s{s}" for s in subset], key, 1.0)
                 for subset in itertools.combinations(seeds, k)]
         lines.append(f"| {NETWORK_NAMES[net]} | {MAP_NAMES[key]} x1.0 | {cells(vals)} | {stats(vals)} |")
+    return "\n".join(lines)
+
+
+def table_zero_maps(out: Path, seeds: list[int], recipe: str = "new") -> str:
+    """``msrc_zero_maps.py``'s results: all-zero maps of tagged classes on val and the stand-ins' mIoU."""
+    lines = ["| network | seed | val images with a zero map: CAM / IS-CAM / AE-IS-CAM (classes) | map as is | with the "
+             "fallback | every tagged class -> its CAM | every tagged class -> its pre-ReLU CAM |", "|---|---|---|---|---|---|---|"]
+    for net in DEFAULTS:
+        for seed in seeds:
+            doc = read_json(out / "evals" / f"{recipe}/{net}/s{seed}" / "zero_maps.json")
+            if doc is None:
+                continue
+            zero = doc["zero_maps"]
+            counts = " / ".join(str(zero[k]["images"]) if k in zero else "-" for k in ("cam", "iscam", "aeiscam"))
+            classes = sorted({c for k in zero for c in zero[k]["classes"]})
+            judged = doc["stand_ins"]
+            row = [_f(None if judged[n]["miou"] is None else 100 * judged[n]["miou"]) if n in judged else "-"
+                   for n in ("map", "fallback", "cam", "prerelu")]
+            lines.append(f"| {NETWORK_NAMES[net]} ({MAP_NAMES[doc['map']]} x{doc['background_scale']:g}) | {seed} | "
+                         f"{counts} ({', '.join(classes) or 'none'}) | " + " | ".join(row) + " |")
     return "\n".join(lines)

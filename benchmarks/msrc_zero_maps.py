@@ -7,9 +7,10 @@ For every image of the split, the run's network makes its fused maps (``aesipe.m
 run's scales and flip) without the fallback; counted: tagged classes whose CAM / IS-CAM / AE-IS-CAM is zero
 everywhere. Then each stand-in is judged *as if every tagged class had fallen back* (all tagged foreground
 channels of the selected map replaced, its background channel kept), labels at background x ``--scale``:
-``map`` (nothing replaced), ``cam`` (the CAM after the ReLU: the stand-in for a zero IS-CAM / AE-IS-CAM when
-the CAM is not zero), ``prerelu`` (the CAM before the ReLU, min-max normalised per scale: the stand-in when the
-CAM is zero too). Writes mIoU and per-class IoU / precision / recall of each to OUT.json.
+``map`` (nothing replaced), ``fallback`` (what make-cam does: only the all-zero channels replaced), ``cam``
+(the CAM after the ReLU: the stand-in for a zero IS-CAM / AE-IS-CAM when the CAM is not zero), ``prerelu``
+(the CAM before the ReLU, min-max normalised per scale: the stand-in when the CAM is zero too). Writes mIoU
+and per-class IoU / precision / recall of each to OUT.json.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = cfg.cam.map
     zero = {key: {} for key in keys}
     zero_images = {key: 0 for key in keys}
-    judged = {name: ConfusionMatrix(ds.class_names) for name in ("map", "cam", "prerelu")}
+    judged = {name: ConfusionMatrix(ds.class_names) for name in ("map", "fallback", "cam", "prerelu")}
     n = ds.num_classes + 1
     for image_id in ds.ids:
         image, tags = ds.load_image(image_id), ds.labels(image_id)
@@ -77,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             for c in empty:
                 zero[key][class_names[c]] = zero[key].get(class_names[c], 0) + 1
         gt = ds.load_mask(image_id)
-        stand_ins = {"map": maps[selected], "cam": maps["cam"], "prerelu": pre["cam"][0].numpy()}
+        prerelu = pre["cam"][0].numpy()
+        # the fallback as make-cam applies it: only all-zero tagged channels, by the CAM, else the pre-ReLU CAM
+        fallback = maps[selected].copy()
+        for c in np.flatnonzero(tags) + 1:
+            if fallback[c].max() <= 0:
+                fallback[c] = maps["cam"][c] if (selected != "cam" and maps["cam"][c].max() > 0) else prerelu[c]
+        stand_ins = {"map": maps[selected], "fallback": fallback, "cam": maps["cam"], "prerelu": prerelu}
         for name, stand_in in stand_ins.items():
             replaced = maps[selected].copy()
             replaced[1:] = stand_in[1:]  # every tagged foreground channel (untagged ones are zero in both)

@@ -8,11 +8,11 @@ and summed over scales. The sum is *not* max-normalised here: ``aesipe.pseudo_la
 everything after it, in numpy.
 
 A tagged class whose summed map is zero everywhere (every logit of the class negative at every scale: its
-CAM is zero, so it gets no seed, a zero prototype and zero IS-CAM / AE-IS-CAM; or a CAM whose class lost every
-seed pixel to another) would make the label the user asked for impossible. With ``zero_map_fallback`` such a
-channel is replaced: an IS-CAM / AE-IS-CAM channel by the class's CAM when that is not zero, else (and a
-zero CAM channel) by the class's CAM *before the ReLU* (``prerelu``: its logits min-max normalised per scale,
-summed over the scales like the maps); ``fused_maps`` says which channels fell back, the others are untouched.
+CAM is zero, so it gets no seed, a zero prototype and zero IS-CAM / AE-IS-CAM; or a class whose CAM is not
+zero but lost every seed pixel to another class) would make the label the user asked for impossible. With
+``zero_map_fallback`` such a channel is replaced by the class's CAM *before the ReLU* (``prerelu``: its
+logits min-max normalised per scale, summed over the scales like the maps; chosen over the CAM itself on
+MSRC val, benchmarks/RESULTS.md); ``fused_maps`` says which channels fell back, the others are untouched.
 
 Optional PAMR refinement of these maps (``cam.pamr``): ``per_scale`` refines each scale's maps on the
 image at 1/4 of that scale's size; ``fused`` refines the summed maps once, on the image at 1/4 of its size
@@ -101,7 +101,7 @@ def fused_maps(
     totals: dict[str, torch.Tensor] = {}
     # Networks without a pre-ReLU map (stand-ins in tests) get no fallback.
     with_fallback = tt.zero_map_fallback and getattr(net, "makes_prerelu", False)
-    sum_keys = tuple(dict.fromkeys([*keys, "cam", FALLBACK_KEY])) if with_fallback else tuple(keys)
+    sum_keys = (*keys, FALLBACK_KEY) if with_fallback else tuple(keys)
     for scale in tt.scales:
         x = image01
         if scale != 1.0:
@@ -115,8 +115,8 @@ def fused_maps(
                 value = _refine(x.float(), value, keep, tt)
             value = F.interpolate(value, size=(height, width), mode="bilinear", align_corners=False)
             totals[key] = totals[key] + value if key in totals else value
-    if tt.pamr == "fused":  # every summed map but the pre-ReLU one, as per_scale does (the CAM stand-in included)
-        for key in (k for k in sum_keys if k != FALLBACK_KEY):
+    if tt.pamr == "fused":  # the maps, not the pre-ReLU stand-in (as per_scale)
+        for key in keys:
             refined = _refine(image01.float(), totals[key], keep, tt)
             totals[key] = F.interpolate(refined, size=(height, width), mode="bilinear", align_corners=False)
     prerelu = totals.pop(FALLBACK_KEY, None)
@@ -126,9 +126,7 @@ def fused_maps(
         if prerelu is None:
             fell_back[key] = torch.zeros_like(keep[:, :, 0, 0], dtype=torch.bool)
         else:
-            # IS-CAM / AE-IS-CAM zero (no seed) but the CAM not: the CAM; the CAM zero too: the pre-ReLU CAM.
-            stand_in = prerelu * keep if key == "cam" else with_zero_map_fallback(totals["cam"] * keep, prerelu * keep, keep)[0]
-            value, fell_back[key] = with_zero_map_fallback(value, stand_in, keep)
+            value, fell_back[key] = with_zero_map_fallback(value, prerelu * keep, keep)
         out[key] = value
     return out, fell_back
 

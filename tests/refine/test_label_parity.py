@@ -6,8 +6,8 @@ into labels (aesipe.pseudo_labels); what may still differ: make-cam stores its m
 whose two best channels are within float16 rounding can flip) and ONNX Runtime sums in another order
 than PyTorch (differences ~1e-6). Both only matter where two classes tie, so the labels are compared where
 make-cam's float16 maps decide (the two best scaled channels apart by more than float16 rounding), and those
-must be most pixels. Ties are common in these tiny random networks: a class without a seed gets its CAM as
-its map (the zero-map fallback), and both that CAM and another class's IS-CAM sit near 1 over large areas.
+must be most pixels. Ties are common in these tiny random networks: a class without a seed gets its pre-ReLU
+CAM as its map (the zero-map fallback), and maps sit near 1 over large areas.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from aesipe.pseudo_labels import to_labels
-
 
 FLOAT16_STEP = 2.0**-10  # relative spacing of float16 values (10 mantissa bits)
 
