@@ -37,8 +37,9 @@ SCHEMA_VERSION = 1
 MODEL_KINDS = ("segmenter", "pseudo_labeller")
 PRECISIONS = ("float32", "float16", "int8")
 OUTPUT_KINDS = ("logits", "probabilities", "scores", "labels")
-OUTPUT_NAMES = ("scores", "labels")
-"""The graph outputs aesipe reads (``output.names`` lists these two)."""
+OUTPUT_NAMES = ("scores", "labels", "fallback")
+"""The graph outputs aesipe reads: ``output.names`` starts with scores and labels; an ONNX pseudo-labeller
+adds ``fallback`` (uint8 [batch, 1 + C], 1 where a tagged class's map was all zero and its pre-ReLU CAM stood in)."""
 CUSTOM_OPS = ("aesipe::pamr",)
 """The only compiled ops a file may call: those aesipe's own op library registers (``cpp_ext/``)."""
 MAX_FIXED_SIDE = 8192
@@ -80,10 +81,21 @@ TEST_TIME = f.Object({
     "pamr_iters": f.Member(f.Integer(0, 1000), required=False),
     "pamr_dilations": f.Member(DILATIONS, required=False),
     "pamr_downscale": f.Member(f.Integer(1, 64), required=False),
+    "zero_map_fallback": f.Member(f.Boolean(), required=False),
+})
+CRF = f.Object({
+    "protocol": f.Member(f.OneOf(("label",))),
+    "iterations": f.Member(f.Integer(1, 1000)),
+    "gaussian_sxy": f.Member(f.Number(0.0, 10000.0, above=True)),
+    "gaussian_compat": f.Member(f.Number(0.0, 10000.0)),
+    "bilateral_sxy": f.Member(f.Number(0.0, 10000.0, above=True)),
+    "bilateral_srgb": f.Member(f.Number(0.0, 10000.0, above=True)),
+    "bilateral_compat": f.Member(f.Number(0.0, 10000.0)),
+    "gt_prob": f.Member(f.Number(0.0, 0.999, above=True)),
 })
 OUTPUT = f.Object({
     "kind": f.Member(f.OneOf(OUTPUT_KINDS)),
-    "names": f.Member(f.ListOf(f.OneOf(OUTPUT_NAMES), 2, 2, unique=True)),
+    "names": f.Member(f.ListOf(f.OneOf(OUTPUT_NAMES), 2, 3, unique=True)),
     "layout": f.Member(DESCRIPTION, required=False),
     "resized_to_input": f.Member(f.Boolean(), required=False),
     "labels": f.Member(DESCRIPTION, required=False),
@@ -92,6 +104,9 @@ OUTPUT = f.Object({
     "fuse": f.Member(DESCRIPTION, required=False, doc="aesipe 0.1 pseudo-labellers"),
     "map": f.Member(NAME, required=False),
     "test_time": f.Member(TEST_TIME, required=False, doc="pseudo-labellers: the procedure run inside the graph"),
+    "fallback": f.Member(DESCRIPTION, required=False),
+    "crf": f.Member(CRF, required=False, doc="pseudo-labellers whose run chose the label CRF (calibrate): the reader "
+                                             "applies it after the labels rule, with these settings"),
 })
 INPUT = f.Object({
     "name": f.Member(f.OneOf(("image", "tags"))),
@@ -164,9 +179,15 @@ def _inputs_problem(parsed: Mapping[str, Any]) -> str | None:
 def _pseudo_only_problem(parsed: Mapping[str, Any]) -> str | None:
     if parsed["model_kind"] == "pseudo_labeller":
         return None
-    if "test_time" in parsed["output"] or parsed.get("pamr"):
-        return "output.test_time and pamr describe pseudo-labellers, not segmenters"
+    output = parsed["output"]
+    if "test_time" in output or "crf" in output or "fallback" in output["names"] or parsed.get("pamr"):
+        return "output.test_time, output.crf, a fallback output and pamr describe pseudo-labellers, not segmenters"
     return None
+
+
+def _output_names_problem(parsed: Mapping[str, Any]) -> str | None:
+    names = parsed["output"]["names"]
+    return None if names[:2] == ["scores", "labels"] else f"output.names must start with scores, labels; got {names}"
 
 
 def _set(meta: dict[str, str], key: str, change) -> dict[str, str]:
@@ -180,6 +201,8 @@ METADATA_CHECKS = (
           lambda m: _set(m, "palette", lambda p: p.__delitem__(slice(2, None)))),
     strings.Check("inputs match the model kind", _inputs_problem,
           lambda m: _set(m, "inputs", lambda i: i[0]["shape"].__setitem__(1, 4))),
+    strings.Check("output names start with scores, labels", _output_names_problem,
+          lambda m: _set(m, "output", lambda o: o.__setitem__("names", ["labels", "scores"]))),
     strings.Check("test-time settings only in pseudo-labellers", _pseudo_only_problem,
           lambda m: {**m, "model_kind": "segmenter", "inputs": json.dumps(json.loads(m["inputs"])[:1])}),
 )

@@ -44,6 +44,7 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 # ------------------------------------------------------------------------------------------ definitions
 NETWORKS: dict[str, list[str]] = {
@@ -59,7 +60,19 @@ NETWORKS: dict[str, list[str]] = {
 RECIPES: dict[str, list[str]] = {
     "new": [],
     "old": ["model.freeze_bn_affine=true", "model.mask_ae_seeds=true", "model.ae_align_corners=false"],
+    # the three switches of OLD one at a time (issue 24: which one carries the 2-3 points)
+    "bn": ["model.freeze_bn_affine=true"],
+    "maskae": ["model.mask_ae_seeds=true"],
+    "align": ["model.ae_align_corners=false"],
 }
+AE_ONLY = {"model.mask_ae_seeds=true", "model.ae_align_corners=false"}
+"""Switches that only act inside the AE step: a network trained without AE trains the same with or without them."""
+
+
+def canonical_recipe(recipe: str, network: str) -> str:
+    """The recipe whose training is the same as ``recipe``'s for ``network`` (SIPE: AE-only switches dropped)."""
+    wanted = set(RECIPES[recipe]) - (AE_ONLY if network == "sipe" else set())
+    return next(name for name, switches in RECIPES.items() if set(switches) == wanted)
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,7 @@ ROWS = [
     Row("+norm", "ae_hf_norm", "aeiscam", 1.0),
     Row("+bg x0.8 = AE-SIPE", "ae_hf_norm", "aeiscam", 0.8),
 ]
-SWEEP = "0.5,0.6,0.7,0.8,0.9,1.0"
+SWEEP = ",".join(f"{0.5 + 0.05 * i:.2f}" for i in range(21))  # 0.5:1.5:0.05, what calibrate tries
 MAP_NAMES = {"cam": "CAM", "iscam": "IS-CAM", "aeiscam": "AE-IS-CAM"}
 
 
@@ -117,6 +130,32 @@ def network_evals(network: str, with_crf: bool = True) -> list[Eval]:
     return out
 
 
+@dataclass(frozen=True)
+class View:
+    """Another look at a trained network without retraining: its own folder (config copy + hard-linked
+    ``stage1``) with make-cam on val under inference ``overrides`` and/or another ``checkpoint``."""
+
+    name: str
+    overrides: tuple[str, ...] = ()
+    checkpoint: str | None = None  # relative to stage1/ (e.g. checkpoints/last.pt: the last, unaveraged weights)
+    evals: tuple[Eval, ...] = ()
+
+
+def analysis_views(args: argparse.Namespace, recipe: str, network: str) -> list[View]:
+    """The extra looks at one trained network (issue 24): its last weights when final.pt is an average,
+    and, for the SIPE network, AE switched on at inference only (the AE-SIPE network's IS-CAM is its
+    AE-switched-off counterpart, stored by make-cam already)."""
+    plain = [Eval(key, 1.0, "plain") for key in ("cam", "iscam") + (("aeiscam",) if network != "sipe" else ())]
+    views = []
+    if any(o.startswith("train.average_last=") and float(o.split("=")[1]) > 0 for o in args.set):
+        views.append(View("last", checkpoint="checkpoints/last.pt", evals=tuple(plain)))
+    if network == "sipe" and args.ae_swap:
+        views.append(View("ae_at_inference", ("model.affinity_enhancement=true", "model.ae_variant=ae",
+                                              "model.iscam_normalisation=true", "cam.map=aeiscam"),
+                          evals=(Eval("aeiscam", 1.0, "plain"),)))
+    return views
+
+
 @dataclass
 class Task:
     label: str            # e.g. new/sipe/s0
@@ -125,6 +164,8 @@ class Task:
     evals: list[Eval]
     steps: int | None = None  # steps-curve point (None: the recipe's epochs)
     extra: dict = field(default_factory=dict)
+    views: list[View] = field(default_factory=list)
+    calibrate: bool = False
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -192,19 +233,11 @@ class Runner:
                 say(f"{task.label}: make-cam skipped (all {len(self.val_ids)} val files exist)")
             elif not self._cmd(task, "make-cam", [bin_, "make-cam", str(task.run_dir), "--split", "val"]):
                 raise RuntimeError("make-cam")
-            for ev in task.evals:
-                dest = self.out / "evals" / task.label / f"{ev.name}.json"
-                if dest.is_file():
-                    continue
-                argv = [bin_, "eval-cam", str(task.run_dir), "--split", "val", "--map-key", ev.map_key,
-                        f"cam.background_scale={ev.bg:g}", f"crf.workers={self.a.crf_workers}"]
-                argv += ["--sweep", SWEEP] if ev.kind == "plain" else ["--crf", "--protocol", ev.kind]
-                if not self._cmd(task, f"eval-{ev.name}", argv):
-                    raise RuntimeError(f"eval {ev.name}")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_suffix(".tmp")
-                shutil.copyfile(task.run_dir / "cam_eval.json", tmp)
-                os.replace(tmp, dest)
+            self.run_evals(task, task.label, task.run_dir, task.evals)
+            for view in task.views:
+                self.run_view(task, view)
+            if task.calibrate:
+                self.run_calibration(task)
         except RuntimeError as exc:
             with self.lock:
                 self.failed.append(f"{task.label} ({exc})")
@@ -212,6 +245,63 @@ class Runner:
             say(f"{task.label}: ERROR {exc!r}")
             with self.lock:
                 self.failed.append(f"{task.label} ({exc!r})")
+
+
+    def run_evals(self, task: Task, label: str, run_dir: Path, evals: Sequence[Eval]) -> None:
+        bin_ = self.a.aesipe_train
+        for ev in evals:
+            dest = self.out / "evals" / label / f"{ev.name}.json"
+            if dest.is_file():
+                continue
+            argv = [bin_, "eval-cam", str(run_dir), "--split", "val", "--map-key", ev.map_key,
+                    f"cam.background_scale={ev.bg:g}", f"crf.workers={self.a.crf_workers}"]
+            argv += ["--sweep", SWEEP] if ev.kind == "plain" else ["--crf", "--protocol", ev.kind]
+            if not self._cmd(task, f"eval-{label.removeprefix(task.label).strip('/') or 'run'}-{ev.name}", argv):
+                raise RuntimeError(f"eval {ev.name}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_suffix(".tmp")
+            shutil.copyfile(run_dir / "cam_eval.json", tmp)
+            os.replace(tmp, dest)
+
+    def view_dir(self, task: Task, name: str) -> Path:
+        """A folder that sees the task's trained network: its config and a hard-linked ``stage1``."""
+        folder = self.out / "views" / task.label / name
+        if not (folder / "stage1").is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(task.run_dir / "config.toml", folder / "config.toml")
+            tmp = folder / "stage1.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            subprocess.check_call(["cp", "-al", str(task.run_dir / "stage1"), str(tmp)])
+            os.replace(tmp, folder / "stage1")
+        return folder
+
+    def run_view(self, task: Task, view: View) -> None:
+        folder = self.view_dir(task, view.name)
+        label = f"{task.label}/{view.name}"
+        if not self.cams_complete(folder):
+            argv = [self.a.aesipe_train, "make-cam", str(folder), "--split", "val", *view.overrides]
+            if view.checkpoint:
+                argv += ["--checkpoint", str(folder / "stage1" / view.checkpoint)]
+            if not self._cmd(task, f"make-cam-{view.name}", argv):
+                raise RuntimeError(f"make-cam {view.name}")
+        self.run_evals(task, label, folder, view.evals)
+
+    def run_calibration(self, task: Task) -> None:
+        """``aesipe-train calibrate`` on 20 ``train`` masks (in a view, so the run's own config stays as it
+        is); the choice is then judged on val with the run's CAM files."""
+        dest = self.out / "evals" / task.label / "calibration.json"
+        if not dest.is_file():
+            folder = self.view_dir(task, "calib")
+            argv = [self.a.aesipe_train, "calibrate", str(folder), "--split", "train", "--images",
+                    str(self.a.calibration_images), f"crf.workers={self.a.crf_workers}"]
+            if not self._cmd(task, "calibrate", argv):
+                raise RuntimeError("calibrate")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / "calibration.json", dest)
+        record = read_json(dest)
+        if record and record.get("crf"):  # a CRF choice is judged with the CRF (plain ones come from the sweeps)
+            self.run_evals(task, task.label, task.run_dir,
+                           [Eval(record["map"], float(record["background_scale"]), "label")])
 
 
 def fmt_wall(seconds: float) -> str:
@@ -241,13 +331,16 @@ def build_tasks(args: argparse.Namespace) -> list[Task]:
     groups = [["ae_hf_norm", "sipe"], ["ae", "ae_hf"]]
     for recipe in args.recipes:
         for group in groups:
-            for seed in args.seeds:
+            for seed in (args.seeds if recipe == "new" else args.switch_seeds):
                 for net in group:
-                    tasks.append(Task(
-                        f"{recipe}/{net}/s{seed}", runs / recipe / net / f"s{seed}",
-                        [*NETWORKS[net], *RECIPES[recipe], *args.set, f"train.seed={seed}"],
-                        network_evals(net, not args.no_crf),
-                    ))
+                    if net not in args.networks or canonical_recipe(recipe, net) != recipe:
+                        continue  # not asked for, or the same training as another recipe's
+                    label = f"{recipe}/{net}/s{seed}"
+                    task = Task(label, runs / recipe / net / f"s{seed}",
+                                [*NETWORKS[net], *RECIPES[recipe], *args.set, f"train.seed={seed}"],
+                                network_evals(net, not args.no_crf and seed in args.crf_seeds and recipe in args.crf_recipes))
+                    task.views, task.calibrate = analysis_views(args, recipe, net), args.calibrate
+                    tasks.append(task)
     if args.steps_curve:
         per_epoch, default = recipe_steps(args.recipe, args.data_root)
         for steps in sorted(args.steps_curve, reverse=True):  # the longest first: shorter ones fill the other job
@@ -455,6 +548,14 @@ def print_tables(args: argparse.Namespace) -> None:
         _, default = recipe_steps(args.recipe, args.data_root)
         print("\n### Steps curve (NEW recipe, AE-SIPE network, seed 0; each its own poly schedule)\n")
         print(table_curve(out, args.steps_curve, default))
+    import msrc_method_tables
+
+    msrc_method_tables.print_method_tables(args)
+    if args.irn_study:
+        import msrc_irn_study
+
+        print("\n## Issue 24: IRN on top of the calibrated AE-SIPE network (seed 0), random-walk pseudo-labels on train\n")
+        print(msrc_irn_study.table(out, args.irn_study))
     print("\n### Wall times\n")
     print(table_timings(out))
 
@@ -477,13 +578,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra dotted override for every training (repeatable; e.g. a smoke test: train.max_steps=2)")
     p.add_argument("--no-crf", action="store_true", help="skip the +CRF evaluations")
+    p.add_argument("--crf-seeds", default=None, help="only these seeds get the +CRF evaluations (default: all)")
+    p.add_argument("--crf-recipes", default=None, help="only these recipes get the +CRF evaluations (default: all)")
+    p.add_argument("--switch-seeds", default=None, help="seeds of the recipes other than new (default: --seeds)")
+    p.add_argument("--networks", default="sipe,ae,ae_hf,ae_hf_norm",
+                   help="networks to train (default all four; the switches need only sipe,ae_hf_norm)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="also calibrate every network on 20 train masks (map, background scale, CRF) and judge the choice on val")
+    p.add_argument("--calibration-images", type=int, default=20, help="masks the calibration uses (default 20)")
+    p.add_argument("--ae-swap", action="store_true", help="also make the SIPE networks' maps with AE at inference")
+    p.add_argument("--irn-study", default=None, metavar="SEEDS",
+                   help="after the stage-1 runs, the IRN study on new/ae_hf_norm/s0 with these IRN seeds, e.g. 0,1 "
+                        "(benchmarks/msrc_irn_study.py)")
+    p.add_argument("--only", default=None, metavar="LABELS",
+                   help="run only these runs, in this order: comma-separated recipe/network/sSEED labels")
+    p.add_argument("--only-irn-study", action="store_true", help="run the IRN study alone (its network trained already)")
+    p.add_argument("--pipeline-recipe", type=Path, default=Path("configs/msrc_pipeline.toml"),
+                   help="recipe of the IRN study's pipeline (default configs/msrc_pipeline.toml)")
     p.add_argument("--tables-only", action="store_true", help="print the tables from what is there; run nothing")
     a = p.parse_args(argv)
     a.seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    a.crf_seeds = a.seeds if a.crf_seeds is None else [int(s) for s in a.crf_seeds.split(",") if s.strip()]
+    a.switch_seeds = a.seeds if a.switch_seeds is None else [int(s) for s in a.switch_seeds.split(",") if s.strip()]
+    a.crf_recipes = list(RECIPES) if a.crf_recipes is None else [r.strip() for r in a.crf_recipes.split(",")]
+    a.irn_study = [int(s) for s in a.irn_study.split(",") if s.strip()] if a.irn_study else []
+    a.only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else []
+    a.pipeline_recipe = a.pipeline_recipe.resolve()
+    a.networks = [n.strip() for n in a.networks.split(",") if n.strip()]
+    if set(a.networks) - set(NETWORKS):
+        p.error(f"--networks takes {', '.join(NETWORKS)}")
     a.recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
     bad = [r for r in a.recipes if r not in RECIPES]
     if bad:
-        p.error(f"--recipes takes new and/or old, not {bad}")
+        p.error(f"--recipes takes {', '.join(RECIPES)}, not {bad}")
     a.steps_curve = [int(s) for s in a.steps_curve.split(",")] if a.steps_curve else []
     a.data_root, a.weights, a.out = a.data_root.resolve(), a.weights.resolve(), a.out.resolve()
     if not a.tables_only:
@@ -500,13 +627,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables_only:
         print_tables(args)
         return 0
-    tasks = build_tasks(args)
+    tasks = [] if args.only_irn_study else build_tasks(args)
+    if args.only:  # these runs, in this order (e.g. by priority when compute is short)
+        by_label = {t.label: t for t in tasks}
+        missing = [label for label in args.only if label not in by_label]
+        if missing:
+            raise SystemExit(f"--only: {missing} are not runs of these --recipes/--networks/--seeds")
+        tasks = [by_label[label] for label in args.only]
     say(f"{len(tasks)} runs, {args.jobs} at a time, OMP_NUM_THREADS={args.threads}, binary {args.aesipe_train}, "
         f"out {args.out} (load {load()})")
     runner = Runner(args)
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(runner.run_task, tasks))
+    if args.irn_study:
+        import msrc_irn_study
+
+        study = Task("irn/study", args.out / "irn", [], [])
+        try:
+            msrc_irn_study.run_study(runner, study, args.irn_study, args.jobs)
+        except RuntimeError as exc:
+            runner.failed.append(f"irn study ({exc})")
     say(f"all runs finished in {fmt_wall(time.time() - t0)} (load {load()})")
     print_tables(args)
     if runner.failed:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -50,18 +51,20 @@ def cam_settings_of(loaded: LoadedModel, scales=None, flip: bool | None = None, 
                     pamr or run.pamr, run.pamr_iters, run.pamr_dilations, run.pamr_backend)
 
 
-def build_graph(loaded: LoadedModel, net: torch.nn.Module, test_time: CamSettings | None, half: bool) -> torch.nn.Module:
+def build_graph(loaded: LoadedModel, net: torch.nn.Module, test_time: CamSettings | None, half: bool,
+                fallback_output: bool = False) -> torch.nn.Module:
     if loaded.what == "segmenter":
         graph = SegmenterGraph(net, IMAGENET_MEAN, IMAGENET_STD, half=half)
     else:
         graph = PseudoLabellerGraph(net, loaded.cfg.cam.map, loaded.cfg.cam.background_scale, test_time,
-                                    IMAGENET_MEAN, IMAGENET_STD, half=half)
+                                    IMAGENET_MEAN, IMAGENET_STD, half=half, fallback_output=fallback_output)
     graph.eval().requires_grad_(False)  # PAMR refuses gradients; export needs none
     return graph
 
 
 def _metadata(loaded: LoadedModel, test_time: CamSettings | None, half: bool, opset: int | None = None,
-              custom_ops: tuple[str, ...] = (), op_library: str | None = None) -> dict[str, str]:
+              custom_ops: tuple[str, ...] = (), op_library: str | None = None,
+              fallback_output: bool = False) -> dict[str, str]:
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     classes = loaded.class_names
     palette = loaded.palette or voc_palette(max(len(classes), 1)).tolist()
@@ -86,6 +89,13 @@ def _metadata(loaded: LoadedModel, test_time: CamSettings | None, half: bool, op
                                  "background_scale, argmax (aesipe.pseudo_labels)")
         output["map"] = loaded.cfg.cam.map
         output["test_time"] = test_time.describe()
+        if fallback_output:
+            output["names"] = [*output["names"], "fallback"]
+            output["fallback"] = ("uint8 [batch, classes]: 1 where a tagged class's map was zero everywhere and "
+                                  "its pre-ReLU CAM stands in (count those images)")
+        if loaded.cfg.cam.crf:
+            output["crf"] = {"protocol": "label", **{k: v for k, v in dataclasses.asdict(loaded.cfg.crf).items()
+                                                     if k not in ("workers", "protocol")}}
     pamr = None
     if not seg and test_time.pamr != "off":
         pamr = {"mode": test_time.pamr, "num_iter": test_time.pamr_iters, "dilations": list(test_time.pamr_dilations),
@@ -141,8 +151,11 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
         samples_of_run = quantize.run_samples(loaded.cfg, loaded.class_names, int8.get("calibration"),
                                               int8.get("images", quantize.CALIBRATION_IMAGES),
                                               int8.get("check_images", quantize.CHECK_IMAGES))
-    reference = build_graph(loaded, loaded.net, test_time, half=False)
-    graph = build_graph(loaded, copy.deepcopy(loaded.net), test_time, half=True) if half else reference
+    # aesipe-label's TorchScript backend reads two outputs (scores, labels): only ONNX files get the third
+    with_fallback = fmt.name == "onnx" and loaded.what != "segmenter"
+    reference = build_graph(loaded, loaded.net, test_time, half=False, fallback_output=with_fallback)
+    graph = (build_graph(loaded, copy.deepcopy(loaded.net), test_time, half=True, fallback_output=with_fallback)
+             if half else reference)
     samples = sample_inputs(64, 96, None if loaded.what == "segmenter" else num_classes)
     input_names = ["image"] if loaded.what == "segmenter" else ["image", "tags"]
     partial = out_path.with_name(f".{out_path.stem}.partial-{os.getpid()}{out_path.suffix}")
@@ -152,7 +165,7 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
     source = _source_record(loaded, verify)
 
     def make_metadata(**kwargs) -> dict[str, str]:
-        return _metadata(loaded, test_time, half, **kwargs) | {"source": source}
+        return _metadata(loaded, test_time, half, fallback_output=with_fallback, **kwargs) | {"source": source}
 
     reuse = False
     if int8 is not None:  # int8 files are ONNX: the float32 one, if checked and the same, is quantised as it is
@@ -170,7 +183,8 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
                 "on a CPU)")
             started = time.perf_counter()
             with torch.no_grad():
-                fmt.write(graph, samples, input_names, ["scores", "labels"], make_metadata, partial, opset)
+                outputs = ["scores", "labels"] + (["fallback"] if with_fallback else [])
+                fmt.write(graph, samples, input_names, outputs, make_metadata, partial, opset)
             log(f"written in {time.perf_counter() - started:.0f} s" + ("; checking it against PyTorch at two sizes"
                                                                        if verify else ""))
             if verify:

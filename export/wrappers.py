@@ -12,6 +12,10 @@ graph means every client only divides by 255; the constants travel in the file.
   of ``aesipe.pseudo_labels`` (normalise, background x ``background_scale``, argmax), mirrored here in
   torch. Inputs are not padded: the maps of a padded image would differ from make-cam's.
 
+  Third output ``fallback`` (``fallback_output``; the ONNX export has it, the TorchScript one not yet because
+  aesipe-label's TorchScript backend unpacks two outputs): uint8 [B, 1+C], 1 for a tagged class whose map
+  was zero everywhere and was replaced by its pre-ReLU CAM (``cam.zero_map_fallback``).
+
 ``labels`` is uint8 [B, H, W]; fetching only it skips copying the big score tensor back.
 """
 from __future__ import annotations
@@ -74,22 +78,26 @@ class PseudoLabellerGraph(nn.Module):
     """AE-SIPE stage 1 + tags -> the run's pseudo-label maps and labels (see the module docstring)."""
 
     def __init__(self, net: nn.Module, which_map: str, background_scale: float, test_time: CamSettings,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, half: bool = False):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, half: bool = False, fallback_output: bool = False):
         super().__init__()
         self.net = net.half() if half else net
+        self.fallback_output = fallback_output
         self.which_map = which_map
         self.test_time = test_time
         self.mean, self.std = tuple(mean), tuple(std)
         self.half_precision = half
         self.register_buffer("background_weight", torch.tensor([float(background_scale)]))
 
-    def forward(self, image: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = image.half() if self.half_precision else image
-        scores = fused_maps(self.net, x, tags.to(x.dtype), (self.which_map,), self.test_time, self.mean,
-                            self.std)[self.which_map].float()
+        maps, fell_back = fused_maps(self.net, x, tags.to(x.dtype), (self.which_map,), self.test_time, self.mean,
+                                     self.std)
+        scores = maps[self.which_map].float()
         # aesipe.pseudo_labels.labels_from_fused, in torch: max-normalise, background x scale, argmax
         # (absent classes are zero in ``scores``, so they never win over the background).
         normalised = scores / (scores.amax(dim=(2, 3), keepdim=True) + MAX_NORM_EPS)
         weight = torch.cat([self.background_weight, torch.ones_like(scores[0, 1:, 0, 0])])
         labels = (normalised * weight[None, :, None, None]).argmax(dim=1).to(torch.uint8)
-        return scores, labels
+        if not self.fallback_output:
+            return scores, labels
+        return scores, labels, fell_back[self.which_map].to(torch.uint8)

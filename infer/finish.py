@@ -15,7 +15,7 @@ from aesipe import crf as crf_ops
 from aesipe import pseudo_labels as rule
 
 from . import postprocess
-from .items import Labelled, Prepared
+from .items import Labelled, Prepared, ZeroMaps
 
 if TYPE_CHECKING:
     from .api import Labeler
@@ -25,6 +25,16 @@ def finish(labeler: Labeler, item: Prepared, outputs: list) -> Labelled:
     """Model outputs of one image -> its labels, with the confidence/probabilities it was prepared for."""
     if item.tiled:
         return outputs[0]
+    zero_maps: tuple[int, ...] = ()
+    if outputs and isinstance(outputs[-1], ZeroMaps):  # the graph's fallback output, after the score maps
+        zero_maps = tuple(int(c) for c in np.flatnonzero(outputs[-1].flags))
+        outputs = outputs[:-1]
+    labelled = _finish(labeler, item, outputs)
+    labelled.zero_maps = zero_maps
+    return labelled
+
+
+def _finish(labeler: Labeler, item: Prepared, outputs: list) -> Labelled:
     if outputs[0].ndim == 2:  # labels fetched directly: single pass at full size, nothing else asked
         return Labelled(np.ascontiguousarray(outputs[0], dtype=np.uint8))
     work_h, work_w = item.decoded.rgb.shape[:2]
@@ -41,7 +51,7 @@ def _finish_segmenter(labeler: Labeler, item: Prepared, logits: np.ndarray, pass
     height, width = item.decoded.original_size
     mean = logits / np.float32(passes)  # confidence: the softmax of the variants' mean logits
     probs = None
-    if labeler.settings.crf:  # unchanged unary: the softmax of the summed logits
+    if labeler.crf:  # unchanged unary: the softmax of the summed logits
         unary = postprocess.probabilities(logits, labeler.keep)
         work = crf_ops.crf_from_probabilities(item.decoded.rgb, unary, labeler.crf_config).astype(np.uint8)
         labels = postprocess.resize_labels_nearest(work, height, width)
@@ -64,7 +74,7 @@ def _finish_pseudo(labeler: Labeler, item: Prepared, maps: list[np.ndarray]) -> 
     classes, kept = rule.keep_image_classes(rule.fuse(maps), item.tags)
     scaled = rule.scale_background(kept, labeler.info.background_scale)
     confidence = probs = None
-    if labeler.settings.crf:
+    if labeler.crf:
         work = crf_ops.label_crf(item.decoded.rgb, kept, classes, labeler.crf_config, labeler.info.background_scale)
         labels = postprocess.resize_labels_nearest(work.astype(np.uint8), height, width)
         if item.confidence:  # the share of the class the CRF chose (classes are sorted label values)

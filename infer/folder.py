@@ -24,7 +24,7 @@ from .gathered import gather_outputs
 from .job import LabelJob, open_job, plan_job
 from .labeler import Labeler
 from .layout import REPORT_FILE, OutputLock
-from .report import Report
+from .report import ZERO_MAPS, Report
 from .settings import LabelSettings
 from .steps import is_machine_fault
 
@@ -105,6 +105,9 @@ def _run(job: LabelJob, labeler: Labeler, tasks: list, engine, progress: bool, l
     gathered = gather_outputs(job, tasks, report)
     if gathered:
         log("wrote " + ", ".join(str(path) for path in gathered))
+    if report.zero_map_images:
+        log(f"{report.zero_map_images} image(s) had a tagged class whose map was zero everywhere: its pre-ReLU CAM "
+            f"stood in (their records say which: {ZERO_MAPS})")
     for line in failure_lines(report):
         log(line)
     return report
@@ -134,6 +137,7 @@ def summarise(job: LabelJob, labeler: Labeler, report: Report, stats: RunStats, 
         "settings": job.settings.as_record(),
         "options": {**job.settings.mask_record(), "streams": labeler.streams, "threads_per_stream": labeler.model.threads},
         "interrupted": interrupted,
+        "zero_map_fallback_images": report.zero_map_images,
         **stats.extra,
     }
 

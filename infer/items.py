@@ -35,6 +35,14 @@ class Prepared:
         return shapes if self.tags is None else (shapes, self.tags.tobytes())
 
 
+@dataclass(frozen=True)
+class ZeroMaps:
+    """The pseudo-labeller's ``fallback`` output for one image, carried after its score maps: bool [1 + C], the
+    tagged classes whose map was zero everywhere and whose pre-ReLU CAM stood in (``cam.zero_map_fallback``)."""
+
+    flags: np.ndarray
+
+
 @dataclass
 class Labelled:
     """One image's result at its original size."""
@@ -46,3 +54,6 @@ class Labelled:
     of a 24-megapixel photo would take 96 MB)."""
     probabilities: np.ndarray | None = None
     """float32 [1 + C, H, W] (when asked for; a pseudo-labeller's classes not in the image's tags are 0)."""
+    zero_maps: tuple[int, ...] = ()
+    """Label values of tagged classes whose map was zero everywhere (a pseudo-labeller with the fallback
+    output): their pre-ReLU CAM stood in, and the report counts such images."""

@@ -27,7 +27,7 @@ from aesipe.utils.errors import UserError
 
 from . import tiling
 from .finish import finish
-from .items import Labelled, Prepared
+from .items import Labelled, Prepared, ZeroMaps
 from .session import open_backend
 from .settings import LabelSettings, check_for_model
 
@@ -46,8 +46,6 @@ class Labeler:
         has one, so a single caller's calls get every core; ``parallel_calls=True`` (an engine that calls
         ``run_batch`` from several threads) takes ``session.cpu_streams``'s choice instead."""
         self.settings = settings = LabelSettings.of(settings, **fields)
-        if settings.crf and not crf_ops.crf_available():
-            raise UserError(f"--crf needs pydensecrf: {crf_ops.INSTALL_HINT}")
         self.model = open_backend(model_path, device=settings.device, providers=settings.providers,
                                   threads=settings.threads,
                                   streams=settings.streams if settings.streams or parallel_calls else 1)
@@ -57,7 +55,16 @@ class Labeler:
         """Label values ``settings.classes`` restricts the output to (None: every class)."""
         self.graph_test_time = self.info.output.get("test_time")
         """A pseudo-labeller's in-graph test-time procedure (its run's scales, flip, PAMR), or None."""
-        self.crf_config = CrfConfig()
+        file_crf = self.info.output.get("crf")
+        self.crf = bool(settings.crf or file_crf)
+        """Labels go through the dense CRF: asked for (``--crf``), or the run's calibration chose it (the file's
+        ``output.crf``, with the run's settings: the labels of the run, as make-cam's pseudo-labels were)."""
+        if self.crf and not crf_ops.crf_available():
+            why = "--crf" if settings.crf else f"{model_path} (its run's calibration chose the label CRF)"
+            raise UserError(f"{why} needs pydensecrf: {crf_ops.INSTALL_HINT}")
+        self.crf_config = CrfConfig(**{k: v for k, v in file_crf.items() if k != "protocol"}) if file_crf else CrfConfig()
+        self.zero_map_output = "fallback" in self.info.output.get("names", ())
+        """The file says which tagged classes had an all-zero map (ONNX pseudo-labellers of this aesipe)."""
         self.fmt = self.info.input_format
         self.palette = np.array(self.info.palette, dtype=np.uint8).reshape(-1, 3)
 
@@ -139,7 +146,7 @@ class Labeler:
         # restriction or a confidence map (for a pseudo-labeller they mirror aesipe.pseudo_labels; a file
         # of aesipe 0.1 normalised per pass).
         legacy_pseudo = self.info.needs_tags and not self.graph_test_time
-        return (not self.settings.single_pass or self.settings.crf or legacy_pseudo or self.keep is not None
+        return (not self.settings.single_pass or self.crf or legacy_pseudo or self.keep is not None
                 or item.confidence or item.probabilities or item.decoded.rgb.shape[:2] != item.decoded.original_size)
 
     # -- inference (thread-safe; ``streams`` calls run at once) -------------------------------------
@@ -153,11 +160,16 @@ class Labeler:
         for v in range(len(items[0].variants)):
             batch = np.stack([item.variants[v][2] for item in items])
             tags = np.stack([item.tags for item in items]) if self.info.needs_tags else None
-            out = self.model.run(batch, tags, (want,))[want]
+            names = (want, "fallback") if self.zero_map_output else (want,)
+            results = self.model.run(batch, tags, names)
+            out = results[want]
             for i, item in enumerate(items):
                 scale, _, _ = item.variants[v]
                 h, w = _scaled_size(item.decoded.rgb.shape[:2], scale)
                 per_item[i].append(out[i, ..., :h, :w])
+        if self.zero_map_output:  # the graph runs every scale inside: one variant, one set of flags
+            for i in range(len(items)):
+                per_item[i].append(ZeroMaps(np.asarray(results["fallback"][i]).astype(bool)))
         return per_item
 
     # -- post-processing (thread-safe) --------------------------------------------------------------

@@ -26,6 +26,8 @@ from aesipe.utils.atomic import atomic_open
 
 JOURNAL_FILE = ".aesipe-journal.jsonl"
 MASK_FILE = "mask_file"
+ZERO_MAPS = "zero_map_fallback"
+"""Record key: the tagged classes whose map was zero everywhere in this image (their pre-ReLU CAM stood in)."""
 """The key under which the write step hands the report its mask file's status (see ``Report.set``)."""
 UNCERTAIN_BELOW = 0.5
 """A pixel is uncertain when the probability of its class is below this (docs/deploy.md, Confidence)."""
@@ -141,6 +143,12 @@ class Report:
     @property
     def resumed(self) -> int:
         return sum(1 for stored in list(self._stored.values()) if stored[1])
+
+    @property
+    def zero_map_images(self) -> int:
+        """Images whose record names tagged classes with an all-zero map (``ZERO_MAPS``), without decoding them."""
+        marker = f'"{ZERO_MAPS}":'
+        return sum(1 for stored in list(self._stored.values()) if marker in stored[2])
 
     @property
     def exit_code(self) -> int:

@@ -219,8 +219,8 @@ class TorchScriptBackend:
         if self.info.needs_tags:
             inputs.append(torch.from_numpy(np.ascontiguousarray(tags, dtype=np.float32)).to(self.device))
         with torch.inference_mode():
-            scores, labels = self.module(*inputs)
-        outputs = {"scores": scores, "labels": labels}
+            scores, labels, *rest = self.module(*inputs)
+        outputs = {"scores": scores, "labels": labels} | ({"fallback": rest[0]} if rest else {})
         return {name: outputs[name].cpu().numpy() for name in want}
 
 
@@ -276,6 +276,14 @@ def check_graph(backend, path: Path) -> None:
         raise UserError(f"{path}: its metadata names {len(info.classes)} classes (background included) for a "
                         f"{height}x{width} image, but the graph gives scores of shape {list(scores.shape)} and "
                         f"labels of shape {list(labels.shape)}")
+    if "fallback" in info.output.get("names", ()):
+        try:
+            flags = np.asarray(backend.run(image, tags, ("fallback",))["fallback"])
+        except Exception as exc:  # noqa: BLE001 - the metadata names an output the graph does not give
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"{path}: its metadata names a fallback output the graph does not give: {reason}") from None
+        if flags.shape != (1, len(info.classes)):
+            raise UserError(f"{path}: its fallback output has shape {list(flags.shape)}, not [1, {len(info.classes)}]")
 
 
 def open_backend(path: str | Path, device: str, providers: Sequence[str] | None, threads: int | None,

@@ -29,7 +29,7 @@ from .items import Labelled, Prepared
 from .job import LabelJob, mask_status
 from .labeler import Labeler
 from .layout import ImageTask
-from .report import MASK_FILE, confidence_record, mask_record
+from .report import MASK_FILE, ZERO_MAPS, confidence_record, mask_record
 
 MACHINE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 """Write errors that are the machine's, not one image's: they stop the run instead of failing every image."""
@@ -106,6 +106,8 @@ class MaskWriter:
                   "fingerprint": fingerprint.digest(made_with), "image": made_with["image"],
                   "settings_key": self.job.settings_key(task),
                   MASK_FILE: mask_status(layout.mask(task.name))}
+        if labelled.zero_maps:
+            record[ZERO_MAPS] = [self.job.info.classes[c] for c in labelled.zero_maps]
         if self.settings.confidence:
             companions.save_confidence_png(layout.confidence(task.name), labelled.confidence)
             record.update(confidence_record(labelled.confidence, layout.confidence_rel(task.name)))

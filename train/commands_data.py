@@ -76,6 +76,8 @@ def eval_cam(
     _choice(map_key, MAP_KEYS, "--map-key")
     protocol = _choice(protocol, ("label", "ir"), "--protocol") or cfg.crf.protocol
     scales = [cfg.cam.background_scale, *(parse_scales(sweep, "--sweep") if sweep is not None else cfg.cam.sweep)]
+    if cfg.cam.crf and map_key == "maps" and not crf:  # the run's pseudo-labels are CRF-refined (calibrate)
+        crf, protocol = True, "label"
     plain = evaluate_cams(cfg, split, map_key, scales)
     typer.echo(describe(plain))
     with_crf = None
@@ -131,15 +133,22 @@ def calibrate(
                                                                    "0.5:1.5:0.05).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Stage-1 checkpoint (default: "
                                                                             "RUN_DIR/stage1/final.pt).")] = None,
+    maps: Annotated[Optional[str], typer.Option("--maps", help="Maps to choose from, e.g. iscam,aeiscam (default: "
+                                                               "every map the network makes).")] = None,
+    crf: Annotated[bool, typer.Option("--crf/--no-crf", help="Also try the label CRF on each map.")] = True,
 ) -> None:
-    """Pick the background scale on a few masks you have.
+    """Choose the map, its background scale and the CRF on a few masks you have.
 
-    Stores it in the run; makes the CAMs of those images if needed. eval-cam, the CRF pseudo-labels, the IR
-    labels and the exported pseudo-labeller then use it. Judge the result on images the calibration did not see."""
+    Judges CAM, IS-CAM and AE-IS-CAM at every background scale (and each at its best with the label CRF) on the
+    masked images, makes their CAMs if needed, and stores the best in the run. eval-cam, the CRF pseudo-labels,
+    the IR labels, the pipeline and the exported pseudo-labeller then use it. Judge the result on images the
+    calibration did not see."""
     from .stages.calibrate import calibrate as run
     from .stages.calibrate import describe
 
     cfg = run_config(run_dir, recipe, overrides, existing=True)
-    _, record = run(cfg, split, images, list(parse_scales(scales, "--scales")) if scales is not None else None, checkpoint)
+    chosen_maps = [m.strip() for m in maps.split(",") if m.strip()] if maps else None
+    _, record = run(cfg, split, images, list(parse_scales(scales, "--scales")) if scales is not None else None, checkpoint,
+                    maps=chosen_maps, crf=crf)
     typer.echo(describe(record))
 

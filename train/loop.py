@@ -101,6 +101,8 @@ class LoopSpec:
     seed: int = 0
     workers: int = 0
     desc: str = "train"
+    average_from: int | None = None
+    """Average the weights of every step after this one (uniform) and write the average as ``final.pt``."""
 
 
 def solver_setup(
@@ -128,10 +130,12 @@ def solver_setup(
         raise UserError(f"{section}: {num_images} images make no full batch of {section}.batch_size={solver.batch_size}"
                         + (f" on each of {info.world_size} processes" if info.world_size > 1 else ""))
     scheduler = engine.make_poly_scheduler(optimizer, max_steps, solver.poly_power)
+    average_from = max_steps - max(1, round(solver.average_last * max_steps)) if solver.average_last > 0 else None
     spec = LoopSpec(
         stage_dir=stage_dir, kind=kind, max_steps=max_steps, batch_size=solver.batch_size,
         checkpoint_every=solver.checkpoint_every, log_every=solver.log_every, grad_clip=grad_clip or None,
         amp=runtime.amp, seed=solver.seed, workers=workers, desc=section if section != "train" else "stage1",
+        average_from=average_from,
     )
     return optimizer, scheduler, spec
 
@@ -181,6 +185,7 @@ def train_loop(
     if info.is_main:
         remove_temporaries(ckpt_dir)  # a checkpoint write cut off by a kill (the previous file is intact)
     step = 0
+    average = None if spec.average_from is None else torch.optim.swa_utils.AveragedModel(model)
     last = ckpt_io.latest_checkpoint(ckpt_dir)
     if last is not None:
         state = ckpt_io.load_checkpoint(last, kind=spec.kind)
@@ -192,6 +197,8 @@ def train_loop(
             scaler.load_state_dict(state["scaler"])
         ckpt_io.restore_rng(state["rng"])
         step = state["step"]
+        if average is not None and "average" in state:
+            average.load_state_dict(state["average"])
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -200,6 +207,7 @@ def train_loop(
         return ckpt_io.make_checkpoint(
             kind=spec.kind, model=model, config=config, class_names=class_names, step=step,
             epoch=step // steps_per_epoch, optimizer=optimizer, scheduler=scheduler, scaler=scaler, with_rng=True,
+            extra=None if average is None else {"average": average.state_dict()},
         )
 
     logger = MetricLogger(spec.stage_dir / "log.csv", resume_step=step) if info.is_main else None
@@ -233,6 +241,8 @@ def train_loop(
                     scheduler.step()
                 step += 1
                 bar.update(1)
+                if average is not None and step > spec.average_from:
+                    average.update_parameters(ckpt_io.unwrap(model))
                 if step % spec.log_every == 0 or step == spec.max_steps:
                     values = reduce_mean({k: float(v.detach()) for k, v in losses.items()}, device)
                     if logger is not None:
@@ -245,6 +255,10 @@ def train_loop(
         if info.is_main:
             final = snapshot()
             ckpt_io.save_checkpoint(ckpt_dir / ckpt_io.LAST_NAME, final)
+            if average is not None:  # the average is the result; the last weights stay in last.pt
+                final = {k: v for k, v in final.items() if k != "average"}
+                final["model"] = {k: v.detach().cpu() for k, v in average.module.state_dict().items()}
+                final["averaged_steps"] = int(average.n_averaged)
             ckpt_io.write_final(final_path, final)
         barrier()
     finally:

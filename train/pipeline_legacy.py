@@ -20,7 +20,9 @@ _LEGACY_SEG_FIELDS = tuple(f"seg.{name}" for name in (
     "color_jitter", "batch_size", "epochs", "max_steps", "lr", "head_lr_mult", "momentum", "weight_decay",
     "poly_power", "seed", "amp"))
 LEGACY_SECTIONS = {"train": _LEGACY_DATA_FIELDS + ("model", "train"), "irn": ("irn",), "seg": _LEGACY_SEG_FIELDS,
-                   "make-cam": ("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map")}
+                   "make-cam": ("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map"),
+                   "eval-cam": ("cam.background_scale", "cam.sweep"), "ir-label": ("crf", "ir_label"),
+                   "make-seg-labels": ("random_walk",)}
 
 
 def legacy_view(cfg: RunConfig) -> SimpleNamespace | None:

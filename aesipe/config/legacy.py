@@ -22,6 +22,8 @@ MOVED_KEYS: dict[str, str] = {
 ADDED_SINCE_0_1: dict[str, Any] = {
     "model.freeze_bn_affine": True, "model.mask_ae_seeds": True, "model.ae_align_corners": False,
     "seg.reference_optimizer": False, "cam.pamr": "off",
+    "cam.crf": False, "cam.zero_map_fallback": False, "random_walk.scale_background": False,
+    "train.average_last": 0.0, "irn.average_last": 0.0, "seg.average_last": 0.0,
 }
 """Fields aesipe 0.1 did not have, with the value that means what 0.1 did: a saved 0.1 config (which
 does not write them) gets these, since its checkpoints were trained that way."""

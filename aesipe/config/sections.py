@@ -125,9 +125,15 @@ class SolverConfig:
     """Save a resumable checkpoint every N optimiser steps (and at the end)."""
     log_every: int = 10
     """Write a log.csv row (losses, learning rates) every N steps."""
+    average_last: float = 0.0
+    """Average the weights over the last fraction of the optimiser steps (uniform, after every step, as
+    stochastic weight averaging does) and make that average ``final.pt``; 0 keeps the last weights. The last
+    weights stay in ``checkpoints/last.pt``."""
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "epochs", "max_steps", "checkpoint_every", "log_every")
+        if not 0 <= self.average_last < 1:
+            raise FieldError("average_last", f"must lie in [0, 1), got {self.average_last!r}")
         at_least(self, 16, "crop_size")
         positive(self, "lr")
         at_least(self, 0, "weight_decay", "poly_power")
@@ -164,9 +170,18 @@ class CamConfig:
     flip: bool = True
     """Fuse each scale with its mirror inside the network (logits and features summed)."""
     map: Literal["cam", "iscam", "aeiscam"] = "aeiscam"
-    """Which map becomes the pseudo-label: plain CAM, SIPE's IS-CAM or AE-SIPE's AE-IS-CAM."""
+    """Which map becomes the pseudo-label: plain CAM, SIPE's IS-CAM or AE-SIPE's AE-IS-CAM. ``aesipe-train
+    calibrate`` picks it (each map at its own best background scale) on a few masks."""
     background_scale: float = 0.8
     """Background channel multiplier before argmax (SIPE: 1.0). ``aesipe-train calibrate`` sets it from masks."""
+    crf: bool = False
+    """Refine the pseudo-labels with the label CRF (the ``crf`` section) after background x scale: eval-cam and
+    the pipeline judge them so, and the exported pseudo-labeller tells aesipe-label to. ``aesipe-train
+    calibrate`` turns it on when the CRF helps on its masks."""
+    zero_map_fallback: bool = True
+    """A tagged class whose map is zero everywhere (all its logits negative, so no seed and no prototype)
+    gets its CAM before the ReLU (min-max normalised logits) instead, so the label asked for stays possible;
+    make-cam, eval-cam and the exported pseudo-labeller report such classes."""
     sweep: tuple[float, ...] = ()
     """Optional background scales to sweep in eval-cam."""
     pamr: Literal["off", "per_scale", "fused"] = "off"

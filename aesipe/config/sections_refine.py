@@ -65,6 +65,9 @@ class RandomWalkConfig:
     background_threshold: float | None = None
     """IRN's sem_seg_bg_thres: walk the foreground maps only and use this constant as background
     (None: the background map is walked like the others, as SIPE/AE-SIPE do)."""
+    scale_background: bool = False
+    """Multiply the background map by ``cam.background_scale`` (the calibrated scale the stage-1 labels use)
+    before the walk; off: the maps as they are, as SIPE/AE-SIPE walk them."""
     pad_to_crop: bool = True
     """Zero-pad images up to irn.crop_size for the edge map, as SIPE/AE-SIPE's inference does."""
     method: Literal["auto", "sparse", "window", "dense"] = "auto"

@@ -76,6 +76,9 @@ class AESIPENet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    makes_prerelu = True
+    """``maps(..., prerelu=True)`` also returns the pre-ReLU CAM (``aesipe.models.pseudo_maps``' fallback)."""
+
     @property
     def has_ae(self) -> bool:
         return bool(self.program)
@@ -163,11 +166,14 @@ class AESIPENet(nn.Module):
         out["score"] = score
         return out
 
-    def maps(self, image: torch.Tensor, labels: torch.Tensor, flip: bool = False) -> dict[str, torch.Tensor]:
+    def maps(self, image: torch.Tensor, labels: torch.Tensor, flip: bool = False,
+             prerelu: bool = False) -> dict[str, torch.Tensor]:
         """Inference maps at stride 16 for normalised ``image`` [B,3,H,W] and tags ``labels`` [B, C].
 
         ``cam`` is the plain CAM of every class (background = 1 - max over all foreground channels);
-        ``iscam`` and (with AE) ``aeiscam`` use the tags for their seeds, as the authors' inference does.
+        ``iscam`` and (with AE) ``aeiscam`` use the tags for their seeds, as the authors' inference does;
+        with ``prerelu``, also ``prerelu``: each class's CAM before the ReLU, min-max normalised (background
+        channel zero), the fallback for a tagged class whose maps are all zero (``aesipe.models.pseudo_maps``).
         With ``flip``, each image's logits and hierarchical features are summed with those of its mirror
         before the maps are made (the authors' flip fusion). Seeds come from the hierarchical features
         here whatever ``hierarchical_seeds`` says: SIPE's inference uses them too.
@@ -184,6 +190,8 @@ class AESIPENet(nn.Module):
         label_mask = _label_mask(labels, logits)
         out = self._pipeline(image, sm.cam_with_background(logits), hie, hie, label_mask, label_mask)
         out.pop("final")
+        if prerelu:
+            out["prerelu"] = sm.prerelu_cam(logits)
         return out
 
 

@@ -42,6 +42,16 @@ def cam_with_background(logits: torch.Tensor) -> torch.Tensor:
     return torch.cat([background, cam], dim=1)
 
 
+def prerelu_cam(logits: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] logits -> [B, 1+C, h, w]: each class's logits min-max normalised to [0, 1] per image
+    (where the class is *least unlikely*), background channel zero. Unlike the CAM this is not zero when
+    every logit of the class is negative."""
+    low = torch.amin(logits, dim=(2, 3), keepdim=True)
+    high = torch.amax(logits, dim=(2, 3), keepdim=True)
+    relative = (logits - low) / (high - low + EPS)
+    return torch.cat([torch.zeros_like(relative[:, :1]), relative], dim=1)
+
+
 def one_hot_argmax(maps: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
     """Seeds: one-hot of the per-pixel argmax, multiplied by the label mask (background always 1)."""
     index = maps.argmax(dim=1, keepdim=True)

@@ -7,6 +7,7 @@ too (nothing can be declared without being mutated).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -25,7 +26,7 @@ def _exported(what: str, fmt: str, **kwargs) -> dict[str, str]:
     from aesipe.export import api
     from aesipe.models.pseudo_maps import CamSettings
 
-    loaded = SimpleNamespace(class_names=list(CLASSES), palette=None, what=what, cfg=RunConfig())
+    loaded = SimpleNamespace(class_names=list(CLASSES), palette=None, what=what, cfg=kwargs.pop("cfg", RunConfig()))
     test_time = CamSettings((1.0, 0.5), True, "fused") if what == "pseudo_labeller" else None
     return api._metadata(loaded, test_time, kwargs.pop("half", False), 20 if fmt == "onnx" else None, **kwargs)
 
@@ -48,7 +49,11 @@ def valid_files() -> dict[str, dict[str, str]]:
     legacy = _edit(legacy, "pamr", lambda p: p.update(then="maps resized to the input size, bilinear"))
     fixed = _edit(segmenter, "input_format", lambda f: f.update(fixed_size=[512, 512], size_divisor=None,
                                                                 normalised_in_graph=False))
-    return {"segmenter": segmenter, "int8": int8, "pseudo_labeller": pseudo, "legacy": legacy, "fixed": fixed}
+    # An ONNX pseudo-labeller of a run whose calibration chose the label CRF, with the zero-map output.
+    crf_run = dataclasses.replace(RunConfig(), cam=dataclasses.replace(RunConfig().cam, crf=True))
+    calibrated = _exported("pseudo_labeller", "onnx", cfg=crf_run, fallback_output=True)
+    return {"segmenter": segmenter, "int8": int8, "pseudo_labeller": pseudo, "legacy": legacy, "fixed": fixed,
+            "calibrated": calibrated}
 
 
 VALID = valid_files()
@@ -67,7 +72,7 @@ def _refused(meta: dict[str, str]) -> str | None:
 
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_every_valid_file_is_read_back(name):
-    info = parse_metadata(VALID[name], strict=name in ("segmenter", "pseudo_labeller", "int8"))
+    info = parse_metadata(VALID[name], strict=name in ("segmenter", "pseudo_labeller", "int8", "calibrated"))
     assert info.classes == tuple(CLASSES) and info.num_classes == 2
 
 
@@ -143,7 +148,7 @@ SEG = VALID["segmenter"]
     ("classes", lambda c: c.append("bird\nforged:255,255,255::"), "classes[3] contains the control"),
     ("classes", lambda c: c.append(""), "classes[3] must not be empty"),
     ("classes", lambda c: c.extend(f"c{i}" for i in range(298)), "classes must hold 2 to 255 items, got 301"),
-    ("output", lambda o: o.update(names=["scores"]), "output.names must hold 2 items"),
+    ("output", lambda o: o.update(names=["scores"]), "output.names must hold 2 to 3 items"),
     ("output", lambda o: o.update(names="scores,labels"), "output.names must be a JSON list"),
     ("output", lambda o: o.update(kind="banana"), "output.kind must be one of"),
     ("inputs", lambda i: i[0].update(shape="NCHW"), "inputs[0].shape must be a JSON list"),

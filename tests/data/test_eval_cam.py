@@ -19,7 +19,7 @@ from aesipe.train.stages.evaluate import evaluate_cams
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import load_label_png
 
-from .conftest import graded_u, one_hot_v, write_cam
+from .conftest import band_map, graded_u, one_hot_v, write_cam
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None, reason="pydensecrf is not installed")
 runner = CliRunner()
@@ -197,3 +197,53 @@ def test_sweep_takes_a_range(bands_run):
     for bad in ("1.0:0.5:0.1", "0.5,high", "", "0,1", "-1", "nan", "1:2"):
         with pytest.raises(UserError, match=r"--sweep must be numbers like 1\.0,0\.75 or a range START:STOP:STEP"):
             parse_scales(bad, "--sweep")
+
+
+def _write_maps(run, image_id, classes, **arrays) -> None:
+    path = run / "cams" / "train" / f"{image_id}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored = {k: np.asarray(v, np.float16) for k, v in arrays.items()}
+    np.savez(path, classes=np.asarray(classes, np.int64), maps=stored["aeiscam"], **stored)
+
+
+def test_calibrate_chooses_the_map_and_the_run_reads_it_from_the_same_files(bands_run, bands):
+    from aesipe.config.schema import read_run_config
+    from aesipe.train.stages.calibrate import calibrate, describe
+
+    # u: AE-IS-CAM (the configured map) calls band 0 class 1 at every scale tried; CAM and IS-CAM are the truth.
+    classes = [0, 1]
+    wrong = np.stack([band_map((0.7, 0.7, 0.7)), band_map((0.9, 0.65, 0.9))])
+    truth = np.stack([band_map((1, 0, 0)), band_map((0, 1, 1))])
+    _write_maps(bands_run, "u", classes, aeiscam=wrong, iscam=truth, cam=truth)
+    v_classes, v_maps = one_hot_v()
+    _write_maps(bands_run, "v", v_classes, aeiscam=v_maps, iscam=v_maps, cam=v_maps)
+    cfg = config(bands_run, bands)
+    calibrated, record = calibrate(cfg, "train", images=2, scales=[0.6, 0.8, 1.0], progress=False, crf=False)
+    assert [c["map"] for c in record["candidates"]] == ["aeiscam", "cam", "iscam"]  # the configured map first
+    assert calibrated.cam.map == record["map"] == "cam" and not calibrated.cam.crf  # CAM ties IS-CAM: the first
+    assert read_run_config(bands_run / "config.toml").cam.map == "cam"
+    assert "<- chosen" in describe(record) and "CRF not tried" in describe(record)
+    # eval-cam's "maps" is now the stored choice, read from the same CAM files: no make-cam needed.
+    assert evaluate_cams(calibrated, "train", "maps", [calibrated.cam.background_scale], progress=False)["miou"] == 1.0
+    assert evaluate_cams(cfg, "train", "maps", [calibrated.cam.background_scale], progress=False)["miou"] < 1.0
+
+
+@needs_crf
+def test_calibrate_tries_the_crf_on_each_map(bands_run, bands):
+    from aesipe.train.stages.calibrate import calibrate
+
+    cfg = config(bands_run, bands, crf={"workers": 0})
+    _, record = calibrate(cfg, "train", images=2, scales=[0.8, 1.0], progress=False)
+    with_crf = [c for c in record["candidates"] if c["crf"]]
+    plain = [c for c in record["candidates"] if not c["crf"]]
+    assert [c["map"] for c in with_crf] == [c["map"] for c in plain] and all(c["miou"] is not None for c in with_crf)
+    assert record["miou"] == max(c["miou"] for c in record["candidates"])
+
+
+def test_eval_cam_counts_images_whose_map_fell_back(bands_run, bands):
+    classes, maps = one_hot_v()
+    path = bands_run / "cams" / "train" / "v.npz"
+    np.savez(path, classes=np.asarray(classes, np.int64), maps=maps.astype(np.float16),
+             fallback_maps=np.array([False, False, True]))
+    result = evaluate_cams(config(bands_run, bands), "train", "maps", [0.8], progress=False)
+    assert result["zero_map_fallback"] == {"images": 1, "classes": {"dog": 1}}

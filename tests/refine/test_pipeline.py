@@ -234,3 +234,23 @@ def test_demo_toml_mirrors_the_builtin_recipe():
     recipe["model"].pop("pretrained")
     recipe["data"].pop("root")
     assert from_dict(RunConfig, recipe) == from_dict(RunConfig, DEMO_RECIPE)
+
+
+def test_summary_says_when_a_stage_made_the_pseudo_labels_worse():
+    from aesipe.train.pipeline import summary_lines
+
+    def manifest(stage1: float, walk: float, seg_on_train: float | None) -> dict:
+        seg = {"miou": 0.50, "split": "val"}
+        if seg_on_train is not None:
+            seg |= {"miou_on_labels_split": seg_on_train, "labels_split": "train"}
+        return {"stages": {"eval-cam": {"metrics": {"miou": stage1, "split": "train"}},
+                           "eval-seg-labels": {"metrics": {"miou": walk, "split": "train"}},
+                           "eval-seg": {"metrics": seg}}}
+
+    lines = summary_lines(manifest(0.513, 0.498, 0.49))
+    warnings = [line for line in lines if line.startswith("!")]
+    assert len(warnings) == 2
+    assert "random-walk pseudo-labels (IRN) 49.8% on train are 1.5 points below the stage-1 pseudo-labels" in warnings[0]
+    assert "DeepLabV3 49.0% on train are 0.8 points below the random-walk pseudo-labels" in warnings[1]
+    assert not [line for line in summary_lines(manifest(0.469, 0.546, 0.56)) if line.startswith("!")]
+    assert not [line for line in summary_lines(manifest(0.469, 0.546, None)) if line.startswith("!")]

@@ -80,6 +80,22 @@ def test_walk_labels_follow_a_boundary_map(background_threshold):
     assert (labels[0:6, 0:8] == 0).mean() > 0.95  # the false positive is gone
 
 
+def test_walk_scales_the_background_map_when_asked():
+    # No edges and one short walk step, so the maps stay apart: the class wins where its map beats the background (x the scale).
+    from aesipe.config import RandomWalkConfig
+    from aesipe.train.stages.random_walk import labels_from_walk
+
+    classes = np.array([0, 2])
+    maps = np.stack([np.full((16, 20), 0.5), np.tile(np.linspace(0.2, 0.8, 20), (16, 1))]).astype(np.float32)
+    edge = torch.zeros(4, 5)  # no boundary anywhere
+    # the background map walks too (with a threshold it would be unused)
+    rw = RandomWalkConfig(background_threshold=None, exp_times=0, radius=2)
+    plain = labels_from_walk(maps, classes, edge, rw)
+    scaled = labels_from_walk(maps, classes, edge, rw, background_scale=1.3)
+    assert 0 < (scaled == 2).sum() < (plain == 2).sum()  # a stronger background takes pixels from the class
+    assert np.array_equal(labels_from_walk(maps, classes, edge, rw, background_scale=1.0), plain)
+
+
 def test_seg_trains_resumes_and_evaluates(run_dir, tiny_data, tiny_config, labels_from_masks):
     from aesipe.train.stages.seg import train_seg
 

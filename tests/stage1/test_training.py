@@ -154,3 +154,40 @@ def test_train_aug_of_a_folder_dataset_shares_the_train_cam_files(make_cfg, tmp_
     cfg = make_cfg(tmp_path / "run")
     assert cam_dir(cfg, "train_aug") == cam_dir(cfg, "train") == tmp_path / "run" / "cams" / "train"
     assert cam_dir(cfg, "val") != cam_dir(cfg, "train")
+
+
+def test_average_last_is_the_mean_of_the_last_steps_weights(tmp_path, make_cfg):
+    # Constant lr (poly 0): the first 3 steps of a 4-step run are a 3-step run, so the average of the last
+    # half of 4 steps is exactly (weights after step 3 + weights after step 4) / 2.
+    three = stage1.train_stage1(make_cfg(tmp_path / "three", **{"train.max_steps": 3, "train.poly_power": 0}))
+    four = make_cfg(tmp_path / "four", **{"train.max_steps": 4, "train.poly_power": 0, "train.average_last": 0.5})
+    averaged = ckpt_io.load_checkpoint(stage1.train_stage1(four), kind="aesipe")
+    last = ckpt_io.load_checkpoint(tmp_path / "four/stage1/checkpoints/last.pt")["model"]
+    after_three = _weights(three)
+    assert averaged["averaged_steps"] == 2 and "average" not in averaged
+    moved = [k for k in last if last[k].is_floating_point() and not torch.equal(last[k], after_three[k])]
+    buffers = [k for k in moved if "running_" in k]  # BatchNorm statistics (this random-init network trains them)
+    assert len(moved) > len(buffers)  # the last step changed weights, so the average differs from the last weights
+    for key in moved:  # weights averaged; statistics are the last ones
+        torch.testing.assert_close(averaged["model"][key], last[key] if key in buffers else (after_three[key] + last[key]) / 2)
+
+
+def test_resume_restores_the_running_average(tmp_path, make_cfg, monkeypatch):
+    settings = {"train.max_steps": 6, "train.average_last": 0.5}  # averages steps 4-6; checkpoints at 2, 4, 6
+    straight = stage1.train_stage1(make_cfg(tmp_path / "straight", **settings))
+    real_losses, calls = stage1.stage1_losses, {"n": 0}
+
+    def dies_at_step_6(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real_losses(*args, **kwargs)
+
+    monkeypatch.setattr(stage1, "stage1_losses", dies_at_step_6)
+    cfg = make_cfg(tmp_path / "killed", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        stage1.train_stage1(cfg)
+    assert ckpt_io.load_checkpoint(tmp_path / "killed/stage1/checkpoints/last.pt")["average"]["n_averaged"] == 1
+    monkeypatch.setattr(stage1, "stage1_losses", real_losses)
+    a, b = _weights(straight), _weights(stage1.train_stage1(cfg))
+    assert all(torch.equal(a[k], b[k]) for k in a)

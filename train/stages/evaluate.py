@@ -4,9 +4,11 @@ Reads ``<run>/cams/<split>/<id>.npz`` (``classes`` int64 [K], 0 first; ``maps`` 
 ``cam`` float16 [K-1, H, W], the plain CAM). The prediction is ``classes[argmax]`` after the background
 channel is multiplied by a scale (``cam.background_scale``; several with a sweep).
 
-``map_key`` picks the map to judge: ``maps`` (the one ``cam.map`` selected), ``iscam`` or ``aeiscam``
-(stored beside it by make-cam, same layout), or ``cam``, the plain CAM with the network's own background
-channel (1 - max over *all* classes' CAMs, as the network computes it before the tags select channels).
+``map_key`` picks the map to judge: ``maps`` (the run's selection ``cam.map``, read from its own array
+so that a map chosen after make-cam by ``calibrate`` needs no new files; files without that array give
+their ``maps``), ``iscam`` or ``aeiscam`` (stored beside it by make-cam, same layout), or ``cam``, the
+plain CAM with the network's own background channel (1 - max over *all* classes' CAMs, as the network
+computes it before the tags select channels).
 CAM files of aesipe 0.1 stored only the foreground channels of ``cam``; for those the background is
 rebuilt as ``1 - max`` over the image's own classes, which can only be larger than the network's.
 
@@ -50,16 +52,32 @@ def cam_dir(cfg: RunConfig, split: str) -> Path:
     return Path(cfg.run_dir) / "cams" / resolve_split(cfg.data, split)
 
 
-def load_cam_file(path: Path, map_key: MapKey = "maps") -> tuple[np.ndarray, np.ndarray]:
-    """(classes int64 [K], maps float32 [K, H, W] with the background channel first)."""
+def selected_key(map_key: str, selection: str | None) -> str:
+    """The array ``map_key`` names: ``maps`` is the run's selection (``cam.map``) when one is given."""
+    return selection if map_key == "maps" and selection else map_key
+
+
+def load_cam_file(path: Path, map_key: MapKey = "maps", selection: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(classes int64 [K], maps float32 [K, H, W] with the background channel first). ``selection``:
+    ``cam.map``, the array ``maps`` stands for (make-cam files hold every map)."""
+    return read_cam_file(path, map_key, selection)[:2]
+
+
+def read_cam_file(path: Path, map_key: str = "maps", selection: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``load_cam_file`` + which channels fell back to the pre-ReLU CAM (bool [K]; all False in files made
+    before the fallback existed)."""
     try:
         with np.load(path) as data:
+            if selected_key(map_key, selection) in data.files:  # else the file's own "maps" (older files)
+                map_key = selected_key(map_key, selection)
             # numpy's own KeyError text ("x is not a file in the archive") would garble the message.
             absent = [key for key in ("classes", map_key) if key not in data.files]
             if absent:
                 raise KeyError(absent[0])
             classes = np.asarray(data["classes"], np.int64)
             maps = np.asarray(data[map_key], np.float32)  # [K, H, W], background first
+            flag = f"fallback_{map_key}"
+            fell_back = np.asarray(data[flag], bool) if flag in data.files else np.zeros(len(classes), bool)
             if map_key == "cam" and len(maps) == len(classes) - 1:  # aesipe 0.1 files: foreground only
                 foreground = maps
                 if len(foreground):
@@ -74,7 +92,9 @@ def load_cam_file(path: Path, map_key: MapKey = "maps") -> tuple[np.ndarray, np.
         raise UserError(f"cannot read CAM file {path}: {exc}") from None
     if classes.ndim != 1 or len(classes) != len(maps) or (len(classes) and classes[0] != 0):
         raise UserError(f"{path}: 'classes' must list the {len(maps)} channel label values, background (0) first")
-    return classes, maps
+    if fell_back.shape != classes.shape:
+        raise UserError(f"{path}: 'fallback_{map_key}' must have one flag per channel")
+    return classes, maps, fell_back
 
 
 def cam_paths(cfg: RunConfig, ds: SegmentationDataset, split: str) -> dict[str, Path]:
@@ -100,7 +120,9 @@ class _EvalContext:
     scales: tuple[float, ...]
     protocol: str | None
     crf: CrfConfig
-    ir_fg_scale: float
+    ir_fg_scale: float | None
+    selection: str | None = None
+    masks: Mapping[str, np.ndarray] | None = None
 
 
 def _predictions(ctx: _EvalContext, image_id: str, classes: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
@@ -121,17 +143,19 @@ def _predictions(ctx: _EvalContext, image_id: str, classes: np.ndarray, maps: np
     return labels
 
 
-def _image_confusions(ctx: _EvalContext, image_id: str) -> np.ndarray:
-    """int64 [scales, N, N]: the image's confusion matrix for each background scale."""
-    gt = ctx.ds.load_mask(image_id)
-    classes, maps = load_cam_file(ctx.cams[image_id], ctx.map_key)
+def _image_confusions(ctx: _EvalContext, image_id: str) -> tuple[np.ndarray, list[int]]:
+    """(int64 [scales, N, N]: the image's confusion matrix for each background scale, the label values of
+    its tagged classes whose map fell back to the pre-ReLU CAM)."""
+    gt = ctx.masks[image_id] if ctx.masks is not None else ctx.ds.load_mask(image_id)
+    classes, maps, fell_back = read_cam_file(ctx.cams[image_id], ctx.map_key, ctx.selection)
     if maps.shape[1:] != gt.shape:
         raise UserError(f"{ctx.cams[image_id]}: maps are {maps.shape[2]}x{maps.shape[1]} but the mask is "
                         f"{gt.shape[1]}x{gt.shape[0]} (WxH)")  # fmt: skip
     if classes.max() > ctx.ds.num_classes:
         raise UserError(f"{ctx.cams[image_id]}: class value {int(classes.max())} but the dataset has {ctx.ds.num_classes} classes")
     n = ctx.ds.num_classes + 1
-    return np.stack([confusion_matrix(gt, pred, n) for pred in _predictions(ctx, image_id, classes, maps)])
+    matrices = np.stack([confusion_matrix(gt, pred, n) for pred in _predictions(ctx, image_id, classes, maps)])
+    return matrices, [int(c) for c in classes[fell_back]]
 
 
 def evaluate_cams(
@@ -142,10 +166,10 @@ def evaluate_cams(
     crf_protocol: CrfProtocol | None = None,
     progress: bool = True,
     ids: Sequence[str] | None = None,
-    mask_paths: Mapping[str, Path] | None = None,
+    masks: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """mIoU etc. of the run's CAM files on ``split`` (default ``data.cam_split``; ``ids``: only those images;
-    ``mask_paths``: masks that replace or add to the dataset's, e.g. a run's corrections).
+    ``masks``: {id: label mask} to judge against instead of the dataset's, for those ids).
 
     Every scale in ``background_scales`` (default: ``cam.background_scale``, or for the ``ir``
     protocol ``ir_label.bg_background_scale``) is judged; the headline figures are those of the first,
@@ -162,25 +186,31 @@ def evaluate_cams(
         background_scales = (cfg.ir_label.bg_background_scale if crf_protocol == "ir" else cfg.cam.background_scale,)
     scales = tuple(dict.fromkeys(float(s) for s in background_scales))  # unique, in the given order
     ds = open_dataset(cfg.data, split)
+    if masks is not None:
+        ids = list(masks)
     if ids is not None:
         unknown = [i for i in ids if i not in ds.image_paths]
         if unknown:
             raise UserError(f"image {unknown[0]!r} is not in split {split!r} of {ds.root}")
         ds = replace(ds, ids=list(ids))
-    if mask_paths:
-        ds = replace(ds, mask_paths={**ds.mask_paths, **mask_paths})
-    if not ds.has_masks:
+    if masks is None and not ds.has_masks:
         raise UserError(f"split {split!r} of {ds.root} has no ground-truth masks for every image: cannot evaluate")
     cams = cam_paths(cfg, ds, split)
     save_run_config(cfg)
     ir_fg_scale = cfg.ir_label.fg_background_scale if crf_protocol == "ir" else None  # read only when used
-    ctx = _EvalContext(ds, cams, map_key, scales, crf_protocol, cfg.crf, ir_fg_scale)
+    ctx = _EvalContext(ds, cams, map_key, scales, crf_protocol, cfg.crf, ir_fg_scale, cfg.cam.map, masks)
     per_scale = [ConfusionMatrix(ds.class_names) for _ in scales]
     workers = cfg.crf.workers if crf_protocol else 1  # without a CRF the work is too light to share
     desc = f"eval-cam {split}" + (f" +CRF({crf_protocol})" if crf_protocol else "")
-    for matrices in parallel_map(_image_confusions, ds.ids, ctx, workers, desc, progress):
+    fallback_classes: dict[str, int] = {}
+    fallback_images = 0
+    for matrices, fell_back in parallel_map(_image_confusions, ds.ids, ctx, workers, desc, progress):
         for accumulator, matrix in zip(per_scale, matrices):
             accumulator.add(matrix)
+        fallback_images += bool(fell_back)
+        for value in fell_back:
+            name = ds.class_names[value]
+            fallback_classes[name] = fallback_classes.get(name, 0) + 1
 
     summaries = [m.summary() for m in per_scale]
     best = max(range(len(scales)), key=lambda k: -1.0 if summaries[k]["miou"] is None else summaries[k]["miou"])
@@ -195,6 +225,8 @@ def evaluate_cams(
             {"background_scale": s, "miou": summaries[k]["miou"], "best": k == best} for k, s in enumerate(scales)
         ],
         "best_background_scale": scales[best],
+        # images with a tagged class whose map was zero everywhere (its pre-ReLU CAM stood in)
+        "zero_map_fallback": {"images": fallback_images, "classes": fallback_classes},
     }
     if crf_protocol == "ir":
         result["ir_fg_background_scale"] = cfg.ir_label.fg_background_scale
@@ -211,6 +243,11 @@ def describe(result: dict) -> str:
         f"{result['background_scale']:g}" + (f", +CRF ({protocol} protocol)" if protocol else "")
     )
     lines = [format_table(result, title)]
+    fallback = result.get("zero_map_fallback") or {}
+    if fallback.get("images"):
+        classes = ", ".join(f"{name} x{count}" for name, count in sorted(fallback["classes"].items()))
+        lines.append(f"{fallback['images']} image(s) had a tagged class with an all-zero map; its CAM before the "
+                     f"ReLU stood in ({classes})")
     if len(result["sweep"]) > 1:
         lines.append("background scale sweep:")
         for row in result["sweep"]:
@@ -229,10 +266,12 @@ def save_cam_eval(cfg: RunConfig, plain: dict, with_crf: dict | None = None) -> 
     return path
 
 
-@reads("cam.background_scale", "cam.sweep")
+@reads("cam.map", "cam.background_scale", "cam.sweep", "cam.crf", when={"crf": "cam.crf"})
 def run_eval_cam(cfg: RunConfig) -> dict:
-    """The pipeline's ``eval-cam``: the maps at the run's background scale (and its sweep) on ``data.cam_split``."""
-    result = evaluate_cams(cfg, cfg.data.cam_split, "maps", [cfg.cam.background_scale, *cfg.cam.sweep])
+    """The pipeline's ``eval-cam``: the run's pseudo-labels as it makes them (its map, background scale and, if
+    calibrate chose it, the label CRF; and the sweep) on ``data.cam_split``."""
+    result = evaluate_cams(cfg, cfg.data.cam_split, "maps", [cfg.cam.background_scale, *cfg.cam.sweep],
+                           crf_protocol="label" if cfg.cam.crf else None)
     print(describe(result))
     save_cam_eval(cfg, result)
     return {"miou": result["miou"], "split": cfg.data.cam_split}

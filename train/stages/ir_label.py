@@ -34,13 +34,14 @@ class _IrContext:
     crf: CrfConfig
     ir: IrLabelConfig
     corrected: dict[str, Path]
+    selection: str
 
 
 def _write_ir_label(ctx: _IrContext, image_id: str) -> str:
     if image_id in ctx.corrected:  # a reviewed mask: certain everywhere but its void
         save_label_png(ctx.out_dir / f"{image_id}.png", load_label_png(ctx.corrected[image_id]), ctx.ds.palette)
         return image_id
-    classes, maps = load_cam_file(ctx.cams[image_id], "maps")
+    classes, maps = load_cam_file(ctx.cams[image_id], "maps", ctx.selection)
     image = ctx.ds.load_image(image_id)
     if image.shape[:2] != maps.shape[1:]:
         raise UserError(f"{ctx.cams[image_id]}: maps are {maps.shape[2]}x{maps.shape[1]} but the image is "
@@ -62,6 +63,7 @@ def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = Tr
         "kind": "ir_labels",
         "fg_background_scale": cfg.ir_label.fg_background_scale,
         "bg_background_scale": cfg.ir_label.bg_background_scale,
+        "map": cfg.cam.map,
         "crf": asdict(cfg.crf) | {"workers": None, "protocol": None},
     }
     store = CorrectionStore.of_run(cfg.run_dir)
@@ -71,12 +73,12 @@ def make_ir_labels(cfg: RunConfig, split: str | None = None, progress: bool = Tr
     cams = cam_paths(cfg, ds, split)
     save_run_config(cfg)
     prepare_label_dir(out_dir, settings, cam_dir(cfg, split))
-    ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label, corrected)
+    ctx = _IrContext(ds, cams, out_dir, cfg.crf, cfg.ir_label, corrected, cfg.cam.map)
     write_label_pngs(out_dir, ds.ids, _write_ir_label, ctx, cfg.ir_label.workers, f"ir-labels {split}", progress)
     return out_dir
 
 
-@reads("crf", "ir_label", when={"corrections.ir_labels": "corrections"})
+@reads("cam.map", "crf", "ir_label", when={"corrections.ir_labels": "corrections"})
 def run_ir_label(cfg: RunConfig) -> dict:
     """The pipeline's ``ir-label``."""
     make_ir_labels(cfg, cfg.data.train_split)

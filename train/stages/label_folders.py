@@ -57,10 +57,11 @@ class _PseudoLabelContext:
     map_key: str
     background_scale: float
     crf: CrfConfig | None
+    selection: str | None = None
 
 
 def _write_pseudo_label(ctx: _PseudoLabelContext, image_id: str) -> str:
-    classes, maps = load_cam_file(ctx.cams[image_id], ctx.map_key)
+    classes, maps = load_cam_file(ctx.cams[image_id], ctx.map_key, ctx.selection)
     if ctx.crf is None:
         labels = to_labels(maps, classes, ctx.background_scale)
     else:
@@ -85,12 +86,12 @@ def write_pseudo_labels(
         crf_ops.require_pydensecrf()
     ds = open_dataset(cfg.data, split)
     out_dir = Path(cfg.run_dir) / "pseudo_labels" / split
-    settings = {"kind": "pseudo_labels", "map_key": map_key, "background_scale": scale,
+    settings = {"kind": "pseudo_labels", "map_key": map_key, "map": cfg.cam.map, "background_scale": scale,
                 "crf": asdict(cfg.crf) | {"workers": None, "protocol": None} if crf else None}  # fmt: skip
     cams = cam_paths(cfg, ds, split)
     save_run_config(cfg)
     prepare_label_dir(out_dir, settings, cam_dir(cfg, split))
-    ctx = _PseudoLabelContext(ds, cams, out_dir, map_key, scale, cfg.crf if crf else None)
+    ctx = _PseudoLabelContext(ds, cams, out_dir, map_key, scale, cfg.crf if crf else None, cfg.cam.map)
     workers = cfg.crf.workers if crf else 1
     write_label_pngs(out_dir, ds.ids, _write_pseudo_label, ctx, workers, f"pseudo-labels {split}", progress)
     return out_dir

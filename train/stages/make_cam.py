@@ -9,8 +9,11 @@ keeps the background and the image's own classes.
 ``<run>/cams/<split>/<id>.npz`` (float16, written atomically): ``classes`` int64 [K] (0 first), ``maps``
 [K, H, W] = the map ``cam.map`` picks, ``cam`` [K, H, W] the plain CAM (its background is the network's:
 1 - max over *all* classes' CAMs), ``iscam`` [K, H, W] and, for a model with affinity enhancement,
-``aeiscam`` [K, H, W] -- so eval can judge every map of one run. The folder remembers the checkpoint and
-settings it was made with (``train/output_folders.py``): a re-run with the same ones resumes, other ones redo it.
+``aeiscam`` [K, H, W] -- so eval can judge every map of one run, and a map chosen later (``calibrate``
+sets ``cam.map``) is read from the same files -- and ``fallback_<key>`` bool [K] (``fallback_maps`` for
+``maps``): the tagged classes whose map was zero everywhere and now hold their pre-ReLU CAM
+(``cam.zero_map_fallback``). The folder remembers the checkpoint and settings it was made with
+(``train/output_folders.py``): a re-run with the same ones resumes, other ones redo it.
 """
 from __future__ import annotations
 
@@ -72,21 +75,29 @@ def map_keys(model: torch.nn.Module) -> tuple[str, ...]:
 @torch.no_grad()
 def image_maps(
     model: torch.nn.Module, image: np.ndarray, labels: np.ndarray, tt: CamSettings, device: torch.device
-) -> dict[str, np.ndarray]:
-    """Fused maps of one uint8 RGB image at its size, each [1+C, H, W] float32 max-normalised per channel."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Fused maps of one uint8 RGB image at its size, each [1+C, H, W] float32 max-normalised per channel,
+    and per map the channels [1+C] that fell back to the pre-ReLU CAM."""
     image01 = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].float() * PIXEL_SCALE
     tags = torch.from_numpy(labels)[None]
-    sums = fused_maps(model, image01.to(device), tags.to(device), map_keys(model), tt, IMAGENET_MEAN, IMAGENET_STD)
-    return {key: max_normalise(value[0].cpu().numpy()) for key, value in sums.items()}
+    sums, fell_back = fused_maps(model, image01.to(device), tags.to(device), map_keys(model), tt, IMAGENET_MEAN,
+                                 IMAGENET_STD)
+    return ({key: max_normalise(value[0].cpu().numpy()) for key, value in sums.items()},
+            {key: value[0].cpu().numpy() for key, value in fell_back.items()})
 
 
-def cam_record(maps: dict[str, np.ndarray], labels: np.ndarray, map_key: str) -> dict[str, np.ndarray]:
-    """The npz content: the background and the image's own classes, float16."""
+def cam_record(maps: dict[str, np.ndarray], labels: np.ndarray, map_key: str,
+               fell_back: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The npz content: the background and the image's own classes, float16 (module docstring)."""
     classes, selected = keep_image_classes(maps[map_key], labels)
     record = {"classes": classes, "maps": selected.astype(np.float16)}
     for key in ("cam", "iscam", "aeiscam"):
         if key in maps:
             record[key] = keep_image_classes(maps[key], labels)[1].astype(np.float16)
+    for key, flags in (fell_back or {}).items():
+        record[f"fallback_{key}"] = np.asarray(flags, bool)[classes]
+        if key == map_key:
+            record["fallback_maps"] = record[f"fallback_{key}"]
     return record
 
 
@@ -95,7 +106,7 @@ def cam_folder_settings(cfg: RunConfig, checkpoint: Path) -> dict:
     m = cfg.model
     return {"kind": "cams", "checkpoint": str(checkpoint.resolve()), "checkpoint_file": file_identity(checkpoint),
             "test_time": CamSettings.from_config(cfg).describe() | {"pamr_backend": None},
-            "map": cfg.cam.map, "model": {k: getattr(m, k) for k in (
+            "model": {k: getattr(m, k) for k in (
                 "affinity_enhancement", "ae_variant", "iscam_normalisation", "background_seed_scale",
                 "pamr_iters", "pamr_dilations", "ae_align_corners")}}
 
@@ -124,13 +135,13 @@ def make_cams(cfg: RunConfig, split: str | None = None, checkpoint: str | Path |
     todo = [i for i in (ds.ids if ids is None else ids) if not (out_dir / f"{i}.npz").is_file()]
     for image_id in tqdm(todo, desc=f"make-cam {split}", disable=not progress, dynamic_ncols=True):
         labels = ds.labels(image_id)
-        maps = image_maps(model, ds.load_image(image_id), labels, tt, device)
-        record = cam_record(maps, labels, cfg.cam.map)
+        maps, fell_back = image_maps(model, ds.load_image(image_id), labels, tt, device)
+        record = cam_record(maps, labels, cfg.cam.map, fell_back)
         atomic_save(out_dir / f"{image_id}.npz", lambda handle, record=record: np.savez(handle, **record))
     return out_dir
 
 
-@reads("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map", "cam.pamr")
+@reads("data.cam_split", "seg.train_split", "cam.scales", "cam.flip", "cam.map", "cam.pamr", "cam.zero_map_fallback")
 def run_make_cam(cfg: RunConfig) -> dict:
     """The pipeline's ``make-cam``: one pass per set of images (a folder dataset's train_aug is its train, and
     the CAM folder is shared)."""

@@ -132,10 +132,19 @@ def run_eval_seg_labels(cfg: RunConfig) -> dict:
     return {"miou": result["miou"], "split": cfg.data.cam_split}
 
 
-@reads("data.eval_split", "seg.test_scales", "seg.test_flip", "seg.test_crf", when={"crf": "seg.test_crf"})
+@reads("data.eval_split", "data.cam_split", "seg.test_scales", "seg.test_flip", "seg.test_crf",
+       when={"crf": "seg.test_crf"})
 def run_eval_seg(cfg: RunConfig) -> dict:
-    """The pipeline's ``eval-seg``."""
+    """The pipeline's ``eval-seg``; also on ``data.cam_split`` when that differs, so the segmenter is compared
+    like for like with the labels it learned from (``pipeline.regression_lines``)."""
     result = evaluate_segmenter(cfg)
     print(describe(result, "DeepLabV3"))
     save_eval(cfg, result)
-    return {"miou": result["miou"], "split": cfg.data.eval_split}
+    metrics = {"miou": result["miou"], "split": cfg.data.eval_split}
+    if cfg.data.cam_split != cfg.data.eval_split:
+        try:
+            metrics["miou_on_labels_split"] = evaluate_segmenter(cfg, cfg.data.cam_split)["miou"]
+            metrics["labels_split"] = cfg.data.cam_split
+        except UserError:  # that split has no masks
+            pass
+    return metrics
