@@ -15,6 +15,10 @@ VOID_LABEL = 255
 """The label value that is no class: void in ground-truth masks, "unsure" in IR labels, ignored by losses."""
 MAX_CLASSES = VOID_LABEL
 """Most classes (background included) a uint8 label map can hold: values 0..254, 255 being ``VOID_LABEL``."""
+PAMR_ITERATIONS = 10
+"""PAMR's iterations, the authors' setting (``model.pamr_iters`` and the op's default)."""
+PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)
+"""PAMR's neighbourhood, the 8-pixel ring at each of these distances (``model.pamr_dilations``, the op's default)."""
 PAMR_MODES = ("off", "per_scale", "fused")
 """How make-cam and the exported pseudo-labeller refine their maps with PAMR (``cam.pamr``)."""
 
@@ -23,4 +27,4 @@ PROG_EXPORT = "aesipe-export"
 PROG_LABEL = "aesipe-label"
 
 __all__ = ["__version__", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "PIXEL_SCALE", "VOID_LABEL", "MAX_CLASSES",
-           "PAMR_MODES", "PROG_TRAIN", "PROG_EXPORT", "PROG_LABEL"]
+           "PAMR_ITERATIONS", "PAMR_DILATIONS", "PAMR_MODES", "PROG_TRAIN", "PROG_EXPORT", "PROG_LABEL"]

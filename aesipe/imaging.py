@@ -35,7 +35,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .constants import IMAGE_SUFFIXES
 
-DEFAULT_MAX_SIDE = 2048
 MAX_DECODE_BYTES = 2 * 1024**3
 """The most memory one image decode may take, in bytes (2 GiB). aesipe-label decodes with up to 4 threads at
 once (``--workers``), so decoding alone stays within 8 GiB, a third of a 24 GiB machine, leaving the rest to
@@ -237,7 +236,7 @@ def fit_long_side(size: tuple[int, int], max_side: int | None) -> tuple[int, int
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def read_image(path: Path, max_side: int | None = DEFAULT_MAX_SIDE) -> DecodedImage:
+def read_image(path: Path, max_side: int | None) -> DecodedImage:
     """Decode ``path`` into upright uint8 RGB; see the module docstring."""
     with _opened(Path(path)) as image:
         full = image.size

@@ -31,7 +31,7 @@ def _image(args) -> np.ndarray:
     if args.image:
         from aesipe.imaging import read_image
 
-        rgb = read_image(args.image).rgb
+        rgb = read_image(args.image, None).rgb
     else:
         height, width = (int(v) for v in args.size.split("x"))
         rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)

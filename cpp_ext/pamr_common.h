@@ -1,8 +1,8 @@
 // Shared by the CPU kernels, the CUDA kernels (and their host emulator) and the op driver (pamr_driver.h).
 //
 // Deliberately tiny: the CUDA translation unit includes it, and every header nvcc has to parse costs
-// compile time (see PLATFORM.md), so nothing from ATen's Tensor API lives here. The kernels work on
-// raw, contiguous [B, C, H, W] buffers described by a `Geometry`; pamr_driver.h owns tensors, dtypes,
+// compile time (cpp_ext/README.md), so nothing from ATen's Tensor API lives here. The kernels
+// work on raw, contiguous [B, C, H, W] buffers described by a `Geometry`; pamr_driver.h owns tensors, dtypes,
 // validation and allocation.
 //
 // Contract (mirrors aesipe/ops/pamr_reference.py, the executable specification):

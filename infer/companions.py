@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from aesipe.imaging import fit_long_side
 from aesipe.utils.atomic import atomic_write_bytes
 from aesipe.utils.errors import UserError
 from aesipe.utils.labelpng import colorize, overlay
@@ -107,10 +108,8 @@ def overlay_jpeg(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, class
                  max_side: int | None) -> bytes:
     """The blended preview (at the working resolution, at most ``max_side``) over a legend strip below it, so
     the legend never hides pixels."""
-    height, width = rgb.shape[:2]
-    if max_side is not None and max(height, width) > max_side:  # tiled images are full size: keep previews small
-        scale = max_side / max(height, width)
-        height, width = max(1, round(height * scale)), max(1, round(width * scale))
+    height, width = fit_long_side(rgb.shape[:2], max_side)  # tiled images are full size: keep previews small
+    if (height, width) != rgb.shape[:2]:
         rgb = np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))
     small = resize_labels_nearest(labels, height, width)
     present = [int(i) for i in np.flatnonzero(np.bincount(small.ravel(), minlength=256)) if 0 < i < 255]

@@ -212,10 +212,13 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(LabelS
 
 # -- checks shared with the model-dependent ones ----------------------------------------------------------------
 def check_scales(values: Iterable[float] | str, what: str) -> tuple[float, ...]:
-    """Positive finite numbers, at least one (a comma list like ``1.0,0.75`` is read too)."""
-    parts = values.split(",") if isinstance(values, str) else values
+    """Positive finite numbers, at least one (text is read by the one command-line rule, ``parse_scales``)."""
+    if isinstance(values, str):
+        from aesipe.utils.cli import parse_scales
+
+        return parse_scales(values, what)
     try:
-        scales = tuple(float(v) for v in parts if str(v).strip())
+        scales = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         raise UserError(f"{what} must be numbers like 1.0,0.75, got {values!r}") from None
     if not scales or not all(math.isfinite(s) and s > 0 for s in scales):

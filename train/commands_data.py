@@ -137,7 +137,7 @@ def calibrate(
                                                                "every map the network makes).")] = None,
     crf: Annotated[bool, typer.Option("--crf/--no-crf", help="Also try the label CRF on each map.")] = True,
 ) -> None:
-    """Choose the map, its background scale and the CRF on a few masks you have.
+    """Pick map, background scale and CRF on a few masks.
 
     Judges CAM, IS-CAM and AE-IS-CAM at every background scale (and each at its best with the label CRF) on the
     masked images, makes their CAMs if needed, and stores the best in the run. eval-cam, the CRF pseudo-labels,

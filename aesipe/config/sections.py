@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from ..constants import PAMR_DILATIONS, PAMR_ITERATIONS
 from .checks import at_least, non_empty, ordered_range, positive
 from .loading import FieldError
 
@@ -73,9 +74,9 @@ class ModelConfig:
     extra_pr_is = (Pr,IS); pr_is_pamr_pr_is = (Pr,IS,PAMR,Pr,IS); pamr_pr_is_pr_is = (PAMR,Pr,IS,Pr,IS)."""
     background_seed_scale: float = 0.5
     """Background soft-IoU multiplier in structure analysis."""
-    pamr_iters: int = 10
+    pamr_iters: int = PAMR_ITERATIONS
     """PAMR iterations (the affinity enhancement's refinement, and cam.pamr's)."""
-    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    pamr_dilations: tuple[int, ...] = PAMR_DILATIONS
     """PAMR neighbourhood: the 8-pixel ring at each of these distances."""
     pamr_backend: Literal["auto", "fused", "reference"] = "auto"
     """fused = the compiled aesipe::pamr op; reference = pure PyTorch; auto = fused where it is built."""

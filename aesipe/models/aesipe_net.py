@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aesipe.constants import IMAGENET_MEAN, IMAGENET_STD
+from aesipe.constants import IMAGENET_MEAN, IMAGENET_STD, PAMR_DILATIONS, PAMR_ITERATIONS
 from aesipe.ops.pamr import pamr_kept_channels
 
 from . import sipe_modules as sm
@@ -44,8 +44,8 @@ class AESIPENet(nn.Module):
         iscam_normalisation: bool = True,
         ae_variant: str = "ae",
         background_seed_scale: float = 0.5,
-        pamr_iters: int = 10,
-        pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24),
+        pamr_iters: int = PAMR_ITERATIONS,
+        pamr_dilations: tuple[int, ...] = PAMR_DILATIONS,
         pamr_backend: str = "auto",
         mask_ae_seeds: bool = False,
         ae_align_corners: bool = True,

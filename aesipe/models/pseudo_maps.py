@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from aesipe.constants import PAMR_MODES
+from aesipe.constants import PAMR_DILATIONS, PAMR_ITERATIONS, PAMR_MODES
 from aesipe.ops.resize import resize_bicubic
 
 PAMR_DOWNSCALE = 4
@@ -43,8 +43,8 @@ class CamSettings:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     pamr: str = "off"
-    pamr_iters: int = 10
-    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    pamr_iters: int = PAMR_ITERATIONS
+    pamr_dilations: tuple[int, ...] = PAMR_DILATIONS
     pamr_backend: str = "auto"
     zero_map_fallback: bool = True
 

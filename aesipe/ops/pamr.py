@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import PAMR_DILATIONS, PAMR_ITERATIONS
 from . import _build
 from ._checks import NOT_DIFFERENTIABLE, check_inputs, check_params
 from ._export_context import onnx_exporting
@@ -34,7 +35,7 @@ from .pamr_reference import pamr_reference
 
 __all__ = ["DEFAULT_DILATIONS", "PAMR", "PamrFallbackWarning", "pamr", "pamr_backend_for", "pamr_kept_channels"]
 
-DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
+DEFAULT_DILATIONS = PAMR_DILATIONS
 BACKENDS = ("auto", "fused", "reference")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
@@ -110,7 +111,7 @@ def _tracing_for_export() -> bool:
 def pamr(
     image: torch.Tensor,
     mask: torch.Tensor,
-    num_iter: int = 10,
+    num_iter: int = PAMR_ITERATIONS,
     dilations: Sequence[int] = DEFAULT_DILATIONS,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -154,7 +155,7 @@ def pamr_kept_channels(
     image: torch.Tensor,
     mask: torch.Tensor,
     keep: torch.Tensor,
-    num_iter: int = 10,
+    num_iter: int = PAMR_ITERATIONS,
     dilations: Sequence[int] = DEFAULT_DILATIONS,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -194,7 +195,7 @@ class PAMR(nn.Module):
     ``library_path()``.
     """
 
-    def __init__(self, num_iter: int = 10, dilations: Sequence[int] = DEFAULT_DILATIONS, backend: str = "auto"):
+    def __init__(self, num_iter: int = PAMR_ITERATIONS, dilations: Sequence[int] = DEFAULT_DILATIONS, backend: str = "auto"):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"aesipe.PAMR: backend must be one of {BACKENDS}, got {backend!r}")

@@ -81,8 +81,8 @@ def propagate(mask: torch.Tensor, aff: torch.Tensor, dilations: Sequence[int], n
 def pamr_decomposed(
     image: torch.Tensor,
     mask: torch.Tensor,
-    dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
-    num_iter: int = 10,
+    dilations: Sequence[int],
+    num_iter: int,
 ) -> torch.Tensor:
     """Same contract as ``pamr_reference``: same-size inputs, at least float32 compute, mask's dtype out."""
     out_dtype = mask.dtype

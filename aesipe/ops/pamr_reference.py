@@ -77,8 +77,8 @@ def propagate(mask: torch.Tensor, aff: torch.Tensor, dilations: Sequence[int], n
 def pamr_reference(
     image: torch.Tensor,
     mask: torch.Tensor,
-    dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
-    num_iter: int = 10,
+    dilations: Sequence[int],
+    num_iter: int,
 ) -> torch.Tensor:
     """Reference PAMR on same-size inputs: image [B, C, H, W], mask [B, K, H, W] -> [B, K, H, W].
 

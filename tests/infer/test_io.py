@@ -35,19 +35,19 @@ def _save(path, image, **kwargs):
 def test_modes_become_rgb(tmp_path, make, mode_hint):
     rgb = smooth_rgb(13, 17)
     path = _save(tmp_path / f"{mode_hint}.png", make(rgb))
-    decoded = read_image(path)
+    decoded = read_image(path, None)
     assert decoded.rgb.dtype == np.uint8 and decoded.rgb.shape == (13, 17, 3) and decoded.original_size == (13, 17)
 
 
 def test_sixteen_bit_values_are_scaled_not_clipped(tmp_path):
     values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
-    decoded = read_image(_save(tmp_path / "deep.png", Image.fromarray(values)))
+    decoded = read_image(_save(tmp_path / "deep.png", Image.fromarray(values)), None)
     assert decoded.rgb[0, :, 0].tolist() == [0, 100, 255]
 
 
 def test_cmyk_jpeg(tmp_path):
     path = _save(tmp_path / "cmyk.jpg", Image.fromarray(smooth_rgb(20, 30)).convert("CMYK"))
-    assert read_image(path).rgb.shape == (20, 30, 3)
+    assert read_image(path, None).rgb.shape == (20, 30, 3)
 
 
 def test_exif_rotation_is_applied(tmp_path):
@@ -55,13 +55,13 @@ def test_exif_rotation_is_applied(tmp_path):
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     path = _save(tmp_path / "rotated.jpg", image, exif=exif)
-    decoded = read_image(path)
+    decoded = read_image(path, None)
     assert decoded.original_size == (30, 20) and decoded.rgb.shape == (30, 20, 3)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (3, 5)])
 def test_tiny_images(tmp_path, size):
-    decoded = read_image(_save(tmp_path / "tiny.png", Image.fromarray(smooth_rgb(*size)[: size[0], : size[1]])))
+    decoded = read_image(_save(tmp_path / "tiny.png", Image.fromarray(smooth_rgb(*size)[: size[0], : size[1]])), None)
     assert decoded.rgb.shape == (*size, 3)
 
 
@@ -79,7 +79,7 @@ def test_broken_files_have_a_reason(tmp_path, content, reason):
     path = tmp_path / "broken.jpg"
     path.write_bytes(content)
     with pytest.raises(ImageReadError, match=reason):
-        read_image(path)
+        read_image(path, None)
 
 
 def test_truncated_jpeg(tmp_path):
@@ -87,7 +87,7 @@ def test_truncated_jpeg(tmp_path):
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ImageReadError, match="truncated or corrupt"):
-        read_image(cut)
+        read_image(cut, None)
 
 
 def test_listing_is_recursive_case_insensitive_and_ignores_other_files(photo_folder):
