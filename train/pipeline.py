@@ -155,7 +155,8 @@ def stage_hashes(cfg: Any, sections: dict[str, tuple[str, ...]] | None = None) -
 
     ``sections`` replaces some stages' own declarations (aesipe 0.1's, see ``pipeline_legacy``)."""
     sources = source_digests(cfg)
-    own = {stage.name: stage.reads(cfg, sources) for stage in STAGES} | (sections or {})
+    sections = sections or {}
+    own = {stage.name: sections[stage.name] if stage.name in sections else stage.reads(cfg, sources) for stage in STAGES}
     out: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
         chash = config_hash(_sections(cfg, hashed_reads(stage.name, own)))
