@@ -137,3 +137,20 @@ def test_a_graph_that_matches_its_metadata_labels(seg_onnx, photo_folder, tmp_pa
     model = _graph(tmp_path / "model.onnx", 3, 4, _metadata_of(seg_onnx, classes=named))
     result = runner.invoke(app, [str(model), str(photo_folder), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
+
+
+def test_a_fallback_output_the_graph_does_not_give_is_refused(pl_onnx, tmp_path):
+    """The metadata names a third output (the zero-map fallback) that the graph lost: one line when the file is
+    opened, not a KeyError mid-run; the genuine file opens and says whether it has one."""
+    from aesipe.infer import Labeler
+    from aesipe.utils.errors import UserError
+
+    assert Labeler(pl_onnx).zero_map_output  # an ONNX pseudo-labeller of this aesipe has it
+    model = onnx.load(str(pl_onnx))
+    kept = [output for output in model.graph.output if output.name != "fallback"]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    onnx.save(model, str(tmp_path / "lost.onnx"))
+    with pytest.raises(UserError, match="names a fallback output the graph does not give") as caught:
+        Labeler(tmp_path / "lost.onnx")
+    assert "\n" not in str(caught.value)
