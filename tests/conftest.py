@@ -9,7 +9,7 @@ import pytest
 from aesipe.utils.threads import apply_thread_policy
 
 # The suite runs torch in this process too: the programs' thread policy (idle OpenMP threads sleep instead of
-# spinning; benchmarks/RESULTS.md, "Threads under load"), applied before any test module imports torch.
+# spinning when the machine is busy; benchmarks/RESULTS.md, "Threads"), applied before any test module imports torch.
 apply_thread_policy()
 
 REPO = Path(__file__).resolve().parents[1]
