@@ -103,7 +103,8 @@ def pipeline(
     """Run every stage in order; skip finished, redo changed.
 
     The data is checked before any stage runs; RUN_DIR/manifest.json records each stage."""
-    from .pipeline import run_pipeline, summary_lines
+    from .pipeline import run_pipeline
+    from .pipeline_summary import summary_lines
 
     cfg = run_config(run_dir, recipe, overrides)
     manifest = run_pipeline(cfg, start, until, echo=typer.echo)

@@ -115,7 +115,8 @@ def run_demo(
     from aesipe.data.synth import generate
 
     from .demo_init import pretrain_on_tags
-    from .pipeline import run_pipeline, summary_lines
+    from .pipeline import run_pipeline
+    from .pipeline_summary import summary_lines
 
     started = time.perf_counter()
     out = Path(out)

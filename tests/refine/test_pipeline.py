@@ -237,7 +237,7 @@ def test_demo_toml_mirrors_the_builtin_recipe():
 
 
 def test_summary_says_when_a_stage_made_the_pseudo_labels_worse():
-    from aesipe.train.pipeline import summary_lines
+    from aesipe.train.pipeline_summary import summary_lines
 
     def manifest(stage1: float, walk: float, seg_on_train: float | None) -> dict:
         seg = {"miou": 0.50, "split": "val"}

@@ -136,7 +136,7 @@ def run_eval_seg_labels(cfg: RunConfig) -> dict:
        when={"crf": "seg.test_crf"})
 def run_eval_seg(cfg: RunConfig) -> dict:
     """The pipeline's ``eval-seg``; also on ``data.cam_split`` when that differs, so the segmenter is compared
-    like for like with the labels it learned from (``pipeline.regression_lines``)."""
+    like for like with the labels it learned from (``pipeline_summary.regression_lines``)."""
     result = evaluate_segmenter(cfg)
     print(describe(result, "DeepLabV3"))
     save_eval(cfg, result)
