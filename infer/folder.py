@@ -105,8 +105,9 @@ def _run(job: LabelJob, labeler: Labeler, tasks: list, engine, progress: bool, l
     gathered = gather_outputs(job, tasks, report)
     if gathered:
         log("wrote " + ", ".join(str(path) for path in gathered))
-    if report.zero_map_images:
-        log(f"{report.zero_map_images} image(s) had a tagged class whose map was zero everywhere: its pre-ReLU CAM "
+    zero_maps = report.summary.get("zero_map_fallback_images")  # counted once, in the summary
+    if zero_maps:
+        log(f"{zero_maps} image(s) had a tagged class whose map was zero everywhere: its pre-ReLU CAM "
             f"stood in (their records say which: {ZERO_MAPS})")
     for line in failure_lines(report):
         log(line)

@@ -26,9 +26,9 @@ from aesipe.utils.atomic import atomic_open
 
 JOURNAL_FILE = ".aesipe-journal.jsonl"
 MASK_FILE = "mask_file"
+"""The key under which the write step hands the report its mask file's status (see ``Report.set``)."""
 ZERO_MAPS = "zero_map_fallback"
 """Record key: the tagged classes whose map was zero everywhere in this image (their pre-ReLU CAM stood in)."""
-"""The key under which the write step hands the report its mask file's status (see ``Report.set``)."""
 UNCERTAIN_BELOW = 0.5
 """A pixel is uncertain when the probability of its class is below this (docs/deploy.md, Confidence)."""
 _IMAGES_LINE, _MASK_FILES_LINE = '"images": {', '"mask_files": {'
