@@ -53,6 +53,7 @@ from .contract_table import (  # noqa: F401 - the table's names are part of this
     PRODUCER,
     QUANTIZATION,
     SCHEMA_VERSION,
+    SOURCE,
     TEST_TIME,
     TRIPLE,
 )
@@ -163,6 +164,7 @@ def build_metadata(
     precision: str = "float32",
     custom_ops: tuple[str, ...] = (),
     op_library: str | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Metadata as the flat ``{str: str}`` map both file formats store, checked as a reader checks it."""
     meta = {
@@ -186,6 +188,8 @@ def build_metadata(
         meta["custom_ops"] = json.dumps(list(custom_ops))
     if op_library:
         meta["op_library"] = op_library
+    if source:
+        meta["source"] = json.dumps(dict(source))
     parse_metadata(meta, source="metadata to write", strict=True)
     return meta
 

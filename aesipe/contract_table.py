@@ -97,6 +97,10 @@ PAMR = f.Object({
     "image": f.Member(DESCRIPTION, required=False),
     "then": f.Member(DESCRIPTION, required=False),
 })
+SOURCE = f.Object({
+    "checkpoint_sha256": f.Member(f.Text(max_length=64, no_spaces=True)),
+    "verified": f.Member(f.Boolean(), doc="the file passed aesipe-export's parity check against PyTorch"),
+})
 QUANTIZATION = f.Object({
     "check_images": f.Member(f.Integer(0, 1 << 31)),
     "label_agreement": f.Member(f.Number(0.0, 1.0)),
@@ -122,6 +126,8 @@ METADATA_FIELDS: dict[str, f.Member] = {
     "custom_ops": f.Member(strings.Json(f.ListOf(f.OneOf(CUSTOM_OPS), 1, len(CUSTOM_OPS), unique=True)), required=False),
     "op_library": f.Member(f.Text(max_length=4096), required=False),
     "quantization": f.Member(strings.Json(QUANTIZATION), required=False),
+    "source": f.Member(strings.Json(SOURCE), required=False,
+                       doc="what the file was made from: lets --int8 reuse the checked float32 file of a checkpoint"),
 }
 """Every key of the metadata and the spec its value must pass."""
 

@@ -5,7 +5,6 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -64,7 +63,7 @@ def build_graph(loaded: LoadedModel, net: torch.nn.Module, test_time: CamSetting
 
 def _metadata(loaded: LoadedModel, test_time: CamSettings | None, half: bool, opset: int | None = None,
               custom_ops: tuple[str, ...] = (), op_library: str | None = None,
-              fallback_output: bool = False) -> dict[str, str]:
+              fallback_output: bool = False, source: dict | None = None) -> dict[str, str]:
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     classes = loaded.class_names
     palette = loaded.palette or voc_palette(max(len(classes), 1)).tolist()
@@ -106,17 +105,18 @@ def _metadata(loaded: LoadedModel, test_time: CamSettings | None, half: bool, op
         output=output, inputs=inputs, aesipe_version=aesipe.__version__, torch_version=torch.__version__,
         pamr=pamr, background_scale=1.0 if seg else loaded.cfg.cam.background_scale,
         opset=opset, precision="float16" if half else "float32", custom_ops=custom_ops, op_library=op_library,
+        source=source,
     )
 
 
-def _source_record(loaded: LoadedModel, verified: bool) -> str:
+def _source_record(loaded: LoadedModel, verified: bool) -> dict:
     """What the file was made from (the checkpoint's SHA-256) and whether it passed the parity check: lets an
     ``--int8`` export reuse the float32 file of the same checkpoint and settings instead of tracing it again."""
     digest = hashlib.sha256()
     with open(loaded.checkpoint, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return json.dumps({"checkpoint_sha256": digest.hexdigest(), "verified": verified})
+    return {"checkpoint_sha256": digest.hexdigest(), "verified": verified}
 
 
 def _same_float32_export(path: Path | None, metadata: dict[str, str]) -> bool:
@@ -165,7 +165,7 @@ def export_loaded(loaded: LoadedModel, out_path: Path, fmt: ExportFormat, half: 
     source = _source_record(loaded, verify)
 
     def make_metadata(**kwargs) -> dict[str, str]:
-        return _metadata(loaded, test_time, half, fallback_output=with_fallback, **kwargs) | {"source": source}
+        return _metadata(loaded, test_time, half, fallback_output=with_fallback, source=source, **kwargs)
 
     reuse = False
     if int8 is not None:  # int8 files are ONNX: the float32 one, if checked and the same, is quantised as it is

@@ -51,7 +51,8 @@ def valid_files() -> dict[str, dict[str, str]]:
                                                                 normalised_in_graph=False))
     # An ONNX pseudo-labeller of a run whose calibration chose the label CRF, with the zero-map output.
     crf_run = dataclasses.replace(RunConfig(), cam=dataclasses.replace(RunConfig().cam, crf=True))
-    calibrated = _exported("pseudo_labeller", "onnx", cfg=crf_run, fallback_output=True)
+    calibrated = _exported("pseudo_labeller", "onnx", cfg=crf_run, fallback_output=True,
+                           source={"checkpoint_sha256": "0" * 64, "verified": True})
     return {"segmenter": segmenter, "int8": int8, "pseudo_labeller": pseudo, "legacy": legacy, "fixed": fixed,
             "calibrated": calibrated}
 
